@@ -1,0 +1,66 @@
+"""The ``geobuild`` command line (Typer). Each subcommand lives in ``geobuild/commands/<name>.py``
+and exposes ``register(app)``; heavy dependencies are imported inside the commands."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from .errors import GeobuildError
+
+app = typer.Typer(
+    name="geobuild",
+    help="Build GeoRanking-style geolocalization datasets: shard, embed, index, mine, distances, publish, train-ranker, eval, run.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES = ("shard", "embed", "index", "mine", "distances", "publish", "train_ranker", "eval", "run")
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    from .log import setup_logging
+
+    setup_logging(verbose)
+
+
+@app.command()
+def version() -> None:
+    """Print the geobuild version."""
+    from . import __version__
+
+    typer.echo(__version__)
+
+
+def _register_commands() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"geobuild.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"geobuild.commands.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console entry point: a GeobuildError ends with one line on stderr and exit status 2."""
+    try:
+        app()
+    except GeobuildError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun the same command to resume", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

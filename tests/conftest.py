@@ -1,0 +1,27 @@
+"""Shared fixtures: where the real sample data lives, and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("GEOBUILD_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    d = shared_dir()
+    if not (d / "data" / "im2gps3k" / "im2gps3ktest.zip").exists():
+        pytest.skip(f"shared sample data not found under {d}")
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch):
+    monkeypatch.setenv("GEOBUILD_NO_PROGRESS", "1")
