@@ -51,6 +51,9 @@ class Stage:
         """The configuration recorded in the run's config.yaml under this stage's name."""
         return {}
 
+    def finalize(self, run: RunFolder, summary: "StageSummary") -> None:
+        """Called once after every unit succeeded (e.g. write sizes.json, merge stats)."""
+
 
 def execute_unit(stage: Stage, run: RunFolder, unit: str) -> dict[str, Any]:
     """Run one unit and commit it: ledger, then stats, then the completion marker (last)."""
@@ -111,6 +114,8 @@ def run_stage(
         else:
             summary.done.append(unit)
             summary.stats[unit] = outcome
+    if not summary.failed:
+        stage.finalize(run, summary)
     summary.seconds = time.time() - t0
     if summary.failed and raise_on_failure:
         first = next(iter(summary.failed.items()))
