@@ -93,12 +93,17 @@ def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
         yield current
 
 
-def write_sizes(shards_dir: str | Path) -> dict[str, int]:
-    """Count samples per finished shard and write ``sizes.json`` (shard file name -> count)."""
+def write_sizes(shards_dir: str | Path, sizes: dict[str, int] | None = None) -> dict[str, int]:
+    """Write ``sizes.json`` (shard file name -> sample count).
+
+    ``sizes`` given (e.g. from the shard stage's per-unit stats) is written as is; otherwise every
+    ``*.tar`` in ``shards_dir`` is read and counted.
+    """
     shards_dir = Path(shards_dir)
-    sizes = {}
-    for p in sorted(shards_dir.glob("*.tar")):
-        sizes[p.name] = sum(1 for _ in iter_shard(p))
+    if sizes is None:
+        sizes = {p.name: sum(1 for _ in iter_shard(p)) for p in sorted(shards_dir.glob("*.tar"))}
+    sizes = {k: int(sizes[k]) for k in sorted(sizes)}
+    shards_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(shards_dir / "sizes.json") as tmp:
         tmp.write_text(json.dumps(sizes, indent=2, sort_keys=True) + "\n")
     return sizes

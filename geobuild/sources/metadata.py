@@ -1,0 +1,260 @@
+"""Input metadata: column presets per format, sample keys, and the shard *plan*.
+
+The plan is one Parquet table (``RUN/work/shard/plan.parquet``) with one row per input row, in
+input order: ``row, id, key, bkey, lat, lon, author, status, message`` and the text/scene columns
+under their own names. It is built once, in the main process, and read by units one row group at a
+time (row group ``k`` = rows of unit ``k``), so workers never load the whole metadata.
+
+``status`` holds reasons known from the metadata alone (``ok``, ``missing_id``, ``bad_latlon``,
+``duplicate``); units add image problems.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import GeobuildError
+from ..geo import valid_latlon
+from ..runfolder import atomic_path
+
+TEXT_COLUMNS = ("neighbourhood", "city", "county", "state", "region", "country", "continent")
+SCENE_COLUMNS = ("S3_Label", "S16_Label", "S365_Label", "Prob_indoor", "Prob_natural", "Prob_urban")
+INT_COLUMNS = {"S3_Label", "S16_Label", "S365_Label"}
+FLOAT_COLUMNS = {"Prob_indoor", "Prob_natural", "Prob_urban"}
+FORMATS = ("mp16pro", "im2gps3k", "yfcc", "exif", "csv")
+BASE_COLUMNS = ("row", "id", "key", "bkey", "lat", "lon", "author", "status", "message")
+
+IMAGE_EXT = re.compile(r"\.(jpe?g|png|gif|bmp|tiff?|webp|heic|heif|jfif)$", re.IGNORECASE)
+UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def sanitize_key(name: str) -> str:
+    """A dot- and slash-free sample key from a source id: drop an image extension, map the rest."""
+    return UNSAFE.sub("_", IMAGE_EXT.sub("", name))
+
+
+def member_keys(name: str) -> list[str]:
+    """Candidate keys for an archive member or file path, most specific first.
+
+    ``mp-16-images/45/77/3228511372.jpg`` gives ``mp-16-images_45_77_3228511372``,
+    ``45_77_3228511372``, ``77_3228511372`` and ``3228511372``: a row whose id is the full path,
+    the path without its leading folder(s), or the bare file name matches.
+    """
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    return [sanitize_key("/".join(parts[i:])) for i in range(len(parts))]
+
+
+@dataclass
+class Columns:
+    """Which CSV columns hold the id, coordinates, author and location/scene text."""
+
+    id: str = "IMG_ID"
+    lat: str = "LAT"
+    lon: str = "LON"
+    author: str | None = "AUTHOR"
+    text: list[str] = field(default_factory=list)
+
+
+def read_header(path: Path) -> list[str]:
+    """The CSV header row; fatal errors name the file."""
+    if not path.exists():
+        raise GeobuildError(f"metadata CSV not found: {path}")
+    if path.is_dir():
+        raise GeobuildError(f"metadata path is a folder, expected a CSV file: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), None)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise GeobuildError(f"cannot read metadata CSV {path}: {exc}") from None
+    if not header or not any(h.strip() for h in header):
+        raise GeobuildError(f"metadata CSV {path} is empty or has no header row")
+    return header
+
+
+def is_numbered_header(header: list[str]) -> bool:
+    """YFCC4K-style header: mostly numbers (``0,IMG_ID,2,3,...,LON,LAT,...``)."""
+    digits = sum(h.strip().isdigit() for h in header)
+    return len(header) > 13 and header[0].strip() == "0" and digits >= len(header) // 2
+
+
+def resolve_columns(
+    header: list[str],
+    fmt: str,
+    id_col: str | None = None,
+    lat_col: str | None = None,
+    lon_col: str | None = None,
+    author_col: str | None = None,
+    text_cols: list[str] | None = None,
+) -> Columns:
+    """Columns for ``fmt`` (presets, YFCC numbered header detected), overridden by explicit names."""
+    cols = Columns()
+    if fmt == "yfcc" or is_numbered_header(header):
+        if len(header) < 14:
+            raise GeobuildError(f"YFCC-style CSV needs at least 14 columns (LON, LAT at 12, 13); found {len(header)}")
+        cols.id = "IMG_ID" if "IMG_ID" in header else header[1]
+        cols.lon, cols.lat = header[12], header[13]
+        cols.author = "3" if "3" in header else None
+    elif fmt == "csv" and id_col is None:
+        raise GeobuildError("--format csv needs --id-col (and --lat-col/--lon-col unless they are LAT/LON)")
+    cols.id = id_col or cols.id
+    cols.lat = lat_col or cols.lat
+    cols.lon = lon_col or cols.lon
+    if author_col is not None:
+        cols.author = author_col or None
+    elif cols.author and cols.author not in header:
+        cols.author = None  # the preset author column is optional
+    for what, name in (("--id-col", cols.id), ("--lat-col", cols.lat), ("--lon-col", cols.lon), ("--author-col", cols.author)):
+        if name is not None and name not in header:
+            raise GeobuildError(f"column '{name}' ({what}) not found in the metadata CSV; its columns are: {', '.join(header[:30])}")
+    if text_cols:
+        missing = [c for c in text_cols if c not in header]
+        if missing:
+            raise GeobuildError(f"text column(s) {', '.join(missing)} (--text-cols) not found in the metadata CSV; its columns are: {', '.join(header[:30])}")
+        cols.text = list(dict.fromkeys(text_cols))
+    else:
+        used = {cols.id, cols.lat, cols.lon, cols.author}
+        cols.text = [c for c in header if c in TEXT_COLUMNS + SCENE_COLUMNS and c not in used]
+    return cols
+
+
+def _latlon_status(lat_s: pd.Series, lon_s: pd.Series) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+    lat = pd.to_numeric(lat_s, errors="coerce").to_numpy(np.float64)
+    lon = pd.to_numeric(lon_s, errors="coerce").to_numpy(np.float64)
+    ok = valid_latlon(lat, lon)
+    msgs: list[str | None] = [None] * len(lat)
+    for i in np.flatnonzero(~ok):
+        msgs[i] = latlon_problem(lat_s.iat[i], lon_s.iat[i], lat[i], lon[i])
+    return lat, lon, msgs
+
+
+def latlon_problem(lat_raw: Any, lon_raw: Any, lat: float, lon: float) -> str:
+    """Why a coordinate pair is unusable, in words."""
+    if lat_raw in (None, "") or lon_raw in (None, ""):
+        return "LAT/LON missing"
+    if not (np.isfinite(lat) and np.isfinite(lon)):
+        return f"LAT/LON not a number: {lat_raw!r}, {lon_raw!r}"
+    if lat == 0 and lon == 0:
+        return "LAT/LON is the (0, 0) placeholder"
+    return f"LAT/LON out of range: {lat}, {lon}"
+
+
+def _dedupe(keys: pd.Series, ids: pd.Series, status: list[str], message: list[str | None]) -> None:
+    """Mark every repeat of a key (same id, or ids that sanitise to the same key) as duplicate."""
+    dup = keys.duplicated(keep="first").to_numpy() & (keys != "").to_numpy()
+    if not dup.any():
+        return
+    first = pd.Series(np.arange(len(keys)), index=keys.to_numpy()).groupby(level=0).first()
+    for i in np.flatnonzero(dup):
+        j = int(first[keys.iat[i]])
+        if ids.iat[i] == ids.iat[j]:
+            message[i] = f"duplicate id {ids.iat[i]!r} (first at row {j})"
+        else:
+            message[i] = f"key {keys.iat[i]!r} collides with id {ids.iat[j]!r} (row {j})"
+        status[i] = "duplicate"
+
+
+def _strings(table: pa.Table, name: str) -> pd.Series:
+    return table.column(name).to_pandas().fillna("").astype(str)
+
+
+def plan_from_table(table: pa.Table, cols: Columns | None) -> pa.Table:
+    """Build the plan from a table of string columns (``cols`` None: an EXIF file list in ``id``)."""
+    import pyarrow.compute as pc
+
+    n = table.num_rows
+    ids = _strings(table, cols.id if cols else "id").str.strip()
+    keys = ids.map(sanitize_key)
+    bkeys = ids.map(lambda s: sanitize_key(s.replace("\\", "/").rsplit("/", 1)[-1]))
+    status = ["ok"] * n
+    message: list[str | None] = [None] * n
+    if cols is not None:
+        lat, lon, ll_msgs = _latlon_status(_strings(table, cols.lat).str.strip(), _strings(table, cols.lon).str.strip())
+        for i, m in enumerate(ll_msgs):
+            if m is not None:
+                status[i], message[i] = "bad_latlon", m
+        author = _strings(table, cols.author) if cols.author else pd.Series([""] * n)
+    else:
+        lat = np.full(n, np.nan)
+        lon = np.full(n, np.nan)
+        author = pd.Series([""] * n)
+    _dedupe(keys, ids, status, message)
+    for i in np.flatnonzero((ids == "").to_numpy()):
+        status[i], message[i] = "missing_id", "row has an empty id"
+    data: dict[str, Any] = {
+        "row": pa.array(np.arange(n, dtype=np.int64)),
+        "id": pa.array(ids.tolist(), pa.string()),
+        "key": pa.array(keys.tolist(), pa.string()),
+        "bkey": pa.array(bkeys.tolist(), pa.string()),
+        "lat": pa.array(lat, pa.float64()),
+        "lon": pa.array(lon, pa.float64()),
+        "author": pa.array([a if a else None for a in author.tolist()], pa.string()),
+        "status": pa.array(status, pa.string()),
+        "message": pa.array(message, pa.string()),
+    }
+    for c in cols.text if cols else []:
+        col = pc.cast(table.column(c), pa.string())
+        data[f"x:{c}"] = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+    return pa.table(data)
+
+
+def read_csv_table(path: Path, cols: Columns) -> pa.Table:
+    """The needed columns of the CSV as Arrow strings (empty cells as '')."""
+    from pyarrow import csv as pacsv
+
+    usecols = list(dict.fromkeys([c for c in (cols.id, cols.lat, cols.lon, cols.author, *cols.text) if c]))
+    try:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(encoding="utf8", block_size=1 << 24),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=usecols,
+                column_types={c: pa.string() for c in usecols},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        raise GeobuildError(f"cannot read metadata CSV {path}: {str(exc).splitlines()[0]}") from None
+
+
+def write_plan(table: pa.Table, path: Path, rows_per_unit: int, info: dict[str, Any]) -> None:
+    """Write the plan with one row group per unit and ``info`` in the file metadata."""
+    meta = {b"geobuild.shard_plan": json.dumps(info, sort_keys=True).encode()}
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=max(1, rows_per_unit))
+
+
+def plan_info(path: Path) -> dict[str, Any] | None:
+    """The info stored with a plan, or None if there is no readable plan."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[b"geobuild.shard_plan"])
+    except (OSError, KeyError, ValueError, pa.ArrowInvalid):
+        return None
+
+
+def text_value(column: str, raw: str | None) -> Any:
+    """A text/scene cell as it goes into the sample JSON: ints and floats for scene columns."""
+    if raw is None or raw == "":
+        return None
+    try:
+        if column in INT_COLUMNS:
+            return int(float(raw))
+        if column in FLOAT_COLUMNS:
+            v = float(raw)
+            return v if np.isfinite(v) else None
+    except ValueError:
+        return raw
+    return raw
