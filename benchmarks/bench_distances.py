@@ -1,0 +1,179 @@
+"""Distance matrices (query->candidate + candidate x candidate) in pairs/s, against baselines.
+
+    python -m benchmarks.bench_distances [--queries 20000] [--group 21] [--geopy-pairs 20000]
+
+Same process, same data (random queries with G candidates each):
+
+- baseline 1: ``geopy.distance.geodesic`` one pair at a time (what GeoRanker's scripts do);
+- baseline 2: scikit-learn ``haversine_distances`` per query group;
+- ``geobuild.geodesic`` haversine and WGS-84 geodesic (pyproj), vectorised over many groups;
+- the whole ``distances`` stage unit (Parquet in -> Parquet out) for both methods.
+
+Peak memory of the stage unit is measured in fresh subprocesses for two shard sizes, to show it
+is bounded by ``batch_rows`` rather than the shard size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+
+def groups(n: int, g: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    lat = rng.uniform(-80, 80, n)
+    lon = rng.uniform(-180, 180, n)
+    clat = np.clip(lat[:, None] + rng.normal(0, 20, (n, g)), -89.9, 89.9)
+    clon = (lon[:, None] + rng.normal(0, 40, (n, g)) + 180) % 360 - 180
+    return lat, lon, clat, clon
+
+
+def pairs_per_group(g: int) -> int:
+    return g + g * g
+
+
+def geopy_loop(lat, lon, clat, clon, max_pairs: int) -> tuple[float, int]:
+    from geopy.distance import geodesic
+
+    done = 0
+    t = time.perf_counter()
+    for i in range(len(lat)):
+        q = (lat[i], lon[i])
+        pts = list(zip(clat[i], clon[i]))
+        _ = [geodesic(q, p).km for p in pts]
+        _ = [[geodesic(a, b).km for b in pts] for a in pts]
+        done += pairs_per_group(len(pts))
+        if done >= max_pairs:
+            break
+    return time.perf_counter() - t, done
+
+
+def sklearn_loop(lat, lon, clat, clon) -> tuple[float, int]:
+    from sklearn.metrics.pairwise import haversine_distances
+
+    t = time.perf_counter()
+    for i in range(len(lat)):
+        pts = np.radians(np.c_[clat[i], clon[i]])
+        _ = haversine_distances(np.radians([[lat[i], lon[i]]]), pts) * 6371.0088
+        _ = haversine_distances(pts) * 6371.0088
+    return time.perf_counter() - t, len(lat) * pairs_per_group(clat.shape[1])
+
+
+def vectorised(lat, lon, clat, clon, method: str, batch: int = 4096) -> tuple[float, int]:
+    from geobuild.geodesic import distance_km, pairwise_km
+
+    t = time.perf_counter()
+    for s in range(0, len(lat), batch):
+        sl = slice(s, s + batch)
+        _ = distance_km(lat[sl, None], lon[sl, None], clat[sl], clon[sl], method).astype(np.float32)
+        _ = pairwise_km(clat[sl], clon[sl], method).astype(np.float32)
+    return time.perf_counter() - t, len(lat) * pairs_per_group(clat.shape[1])
+
+
+def write_candidates(run, unit: str, lat, lon, clat, clon) -> None:
+    import pyarrow.parquet as pq
+
+    from geobuild.schemas import arrow_schema, table
+
+    n, g = clat.shape
+    cols = {}
+    for f in arrow_schema("candidates"):
+        t = f.type
+        if t.equals(arrow_schema("candidates").field("cand_lat").type) and f.name in ("cand_lat", "cand_lon"):
+            continue
+        import pyarrow as pa
+
+        if pa.types.is_list(t):
+            inner = t.value_type
+            v = [] if pa.types.is_list(inner) else ("" if pa.types.is_string(inner) else 0)
+            cols[f.name] = [[v] * g] * n
+        elif pa.types.is_string(t):
+            cols[f.name] = [""] * n
+        else:
+            cols[f.name] = [0] * n
+    cols["key"] = [f"{unit}{i:07d}" for i in range(n)]
+    cols["id"] = [f"{i}.jpg" for i in range(n)]
+    cols["lat"], cols["lon"] = lat, lon
+    cols["cand_lat"], cols["cand_lon"] = clat.tolist(), clon.tolist()
+    cols["cand_within"] = [[[False] * 5] * g] * n
+    path = run.path("candidates", f"{unit}.parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table("candidates", cols), path)
+    run.marker_path("mine", unit).parent.mkdir(parents=True, exist_ok=True)
+    run.marker_path("mine", unit).write_text("{}")
+
+
+def stage_unit(root: str, method: str, batch_rows: int) -> dict:
+    """Run one distances unit on RUN/candidates/00000.parquet; seconds, pairs, peak RSS."""
+    from geobuild.runfolder import RunFolder
+    from geobuild.stage import run_stage
+    from geobuild.stages.distances import DistancesConfig, DistancesStage
+
+    run = RunFolder(root)
+    t = time.perf_counter()
+    s = run_stage(DistancesStage(DistancesConfig(method=method, batch_rows=batch_rows)), run, overwrite=True)
+    secs = time.perf_counter() - t
+    st = s.stats["00000"]
+    return {"method": method, "seconds": secs, "rows": st["rows"], "pairs": st["pairs"], "pairs_per_s": st["pairs"] / secs,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--queries", type=int, default=20000)
+    ap.add_argument("--group", type=int, default=21, help="candidates per query (G)")
+    ap.add_argument("--geopy-pairs", type=int, default=20000, help="pairs timed with the geopy loop")
+    ap.add_argument("--stage-sizes", type=int, nargs="+", default=[20000, 80000], help="shard sizes for the stage runs")
+    ap.add_argument("--batch-rows", type=int, default=4096)
+    ap.add_argument("--stage-child", nargs=3, metavar=("ROOT", "METHOD", "BATCH"), help=argparse.SUPPRESS)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    if args.stage_child:
+        print(json.dumps(stage_unit(args.stage_child[0], args.stage_child[1], int(args.stage_child[2]))))
+        return
+
+    lat, lon, clat, clon = groups(args.queries, args.group)
+    out: dict = {"queries": args.queries, "G": args.group, "pairs_per_query": pairs_per_group(args.group)}
+    t, n = geopy_loop(lat, lon, clat, clon, args.geopy_pairs)
+    out["geopy_loop_pairs_per_s"] = n / t
+    t, n = sklearn_loop(lat[:2000], lon[:2000], clat[:2000], clon[:2000])
+    out["sklearn_haversine_pairs_per_s"] = n / t
+    for method in ("haversine", "geodesic"):
+        t, n = vectorised(lat, lon, clat, clon, method)
+        out[f"geobuild_{method}_pairs_per_s"] = n / t
+        out[f"geobuild_{method}_vs_geopy"] = (n / t) / out["geopy_loop_pairs_per_s"]
+        out[f"geobuild_{method}_vs_sklearn"] = (n / t) / out["sklearn_haversine_pairs_per_s"]
+    stage = []
+    with tempfile.TemporaryDirectory() as tmp:
+        from geobuild.runfolder import RunFolder
+
+        for size in args.stage_sizes:
+            root = os.path.join(tmp, f"run{size}")
+            la, lo, cla, clo = groups(size, args.group, seed=size)
+            write_candidates(RunFolder(root), "00000", la, lo, cla, clo)
+            for method in ("haversine", "geodesic"):
+                r = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.bench_distances", "--stage-child", root, method, str(args.batch_rows)],
+                    capture_output=True, text=True, check=True, env=dict(os.environ, GEOBUILD_NO_PROGRESS="1"),
+                )
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+                res["shard_rows"] = size
+                res["vs_geopy"] = res["pairs_per_s"] / out["geopy_loop_pairs_per_s"]
+                stage.append(res)
+    out["stage_unit"] = stage
+    print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

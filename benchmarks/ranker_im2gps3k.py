@@ -1,0 +1,209 @@
+"""Compact ranker on the IM2GPS3K sample, split by author, through the whole geobuild pipeline.
+
+Authors with ``int(sha1(AUTHOR), 16) % 10 < 7`` form the gallery and the training queries; the
+other authors' photos are test queries mined against that gallery. Steps (each resumable: a rerun
+skips what is finished):
+
+1. split the metadata CSV by author (``WORK/split/{gallery,test}.csv``);
+2. ``geobuild shard`` / ``embed`` (EfficientNet-Lite0) for both runs, ``index`` (flat + GeoCLIP GPS
+   gallery) for the gallery, ``mine`` (the gallery's own queries; the test queries with
+   ``--gallery``), ``distances``, ``publish`` the gallery run as a dataset folder;
+3. ``geobuild train-ranker`` on the published folder: losses x seeds;
+4. ``geobuild eval`` of every checkpoint on the test run; mean and spread over seeds, and the share
+   of the top-1 retrieval -> oracle gap the ranker closes; writes ``benchmarks/results/ranker.md``.
+
+    python -m benchmarks.ranker_im2gps3k [--work runs/ranker_im2gps3k] [--epochs 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("GEOBUILD_SHARED", REPO.parent / "shared")).resolve()
+ZIP = SHARED / "data/im2gps3k/im2gps3ktest.zip"
+CSV = SHARED / "data/im2gps3k/im2gps3k_places365.csv"
+THRESHOLDS = (1, 25, 200, 750, 2500)
+
+COMMANDS: list[str] = []
+
+
+def gb(*args: str, log: Path | None = None) -> None:
+    """Run one geobuild command (recorded for the results file); fail loudly."""
+    cmd = [sys.executable, "-m", "geobuild", *args]
+    shown = "geobuild " + " ".join(shlex.quote(a) for a in args)
+    COMMANDS.append(shown)
+    print(f"$ {shown}", flush=True)
+    env = dict(os.environ, GEOBUILD_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
+    t0 = time.time()
+    with open(log, "a") if log else open(os.devnull, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f if log else None, stderr=subprocess.STDOUT if log else None)
+    print(f"  ({time.time() - t0:.0f}s)", flush=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {shown}" + (f"; see {log}" if log else ""))
+
+
+def split_by_author(work: Path) -> tuple[Path, Path, int, int]:
+    out = work / "split"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(CSV, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames
+        rows = list(reader)
+    gallery = [r for r in rows if int(hashlib.sha1(r["AUTHOR"].encode()).hexdigest(), 16) % 10 < 7]
+    test = [r for r in rows if int(hashlib.sha1(r["AUTHOR"].encode()).hexdigest(), 16) % 10 >= 7]
+    paths = []
+    for name, part in (("gallery", gallery), ("test", test)):
+        p = out / f"{name}.csv"
+        if not p.exists():
+            tmp = p.with_suffix(".tmp")
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=fields)
+                w.writeheader()
+                w.writerows(part)
+            tmp.rename(p)
+        paths.append(p)
+    return paths[0], paths[1], len(gallery), len(test)
+
+
+def pipeline(work: Path, log: Path, k_image: int, k_gps: int) -> dict:
+    g_csv, t_csv, n_gallery, n_test = split_by_author(work)
+    gal, test, pub = work / "gallery", work / "test", work / "published"
+    for run, meta in ((gal, g_csv), (test, t_csv)):
+        gb("shard", "--format", "im2gps3k", "--images", str(ZIP), "--metadata", str(meta), "--run", str(run),
+           "--samples-per-shard", "500", log=log)
+        gb("embed", "--run", str(run), "--model", "efficientnet-lite0", "--device", "cpu", log=log)
+    gb("index", "--run", str(gal), "--kind", "flat", "--gps-gallery", "geoclip", "--device", "cpu", log=log)
+    mine = ["--k-image", str(k_image), "--k-gps", str(k_gps), "--exclude-same-author"]
+    gb("mine", "--run", str(gal), *mine, log=log)
+    gb("mine", "--run", str(test), "--gallery", str(gal), *mine, log=log)
+    for run in (gal, test):
+        gb("distances", "--run", str(run), log=log)
+    gb("publish", "--run", str(gal), "--to", str(pub), "--validation-fraction", "0.1", log=log)
+    return {"gallery_photos": n_gallery, "test_photos": n_test}
+
+
+def train_and_eval(work: Path, log: Path, losses: list[str], seeds: list[int], epochs: int, extra: list[str]) -> dict:
+    pub, gal, test = work / "published", work / "gallery", work / "test"
+    cache = work / "embed-cache"
+    results: dict[str, list[dict]] = {}
+    for loss in losses:
+        for seed in seeds:
+            out = work / "train" / f"{loss}-seed{seed}"
+            if not (out / "final.json").exists():
+                resume = ["--resume"] if (out / "checkpoints" / "last.pt").exists() else []
+                gb("train-ranker", "--data", str(pub), "--out", str(out), "--loss", loss, "--seed", str(seed),
+                   "--epochs", str(epochs), "--embed-cache", str(cache), *extra, *resume, log=log)
+            report = work / "eval" / f"{loss}-seed{seed}.json"
+            if not report.exists():
+                gb("eval", "--checkpoint", str(out), "--run", str(test), "--gallery", str(gal),
+                   "--cache", str(cache), "--out", str(report), log=log)
+            results.setdefault(loss, []).append(json.loads(report.read_text()))
+    return results
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_results(path: Path, results: dict, info: dict, args, seconds: float) -> None:
+    cols = [f"acc@{t}km" for t in THRESHOLDS]
+    first = next(iter(results.values()))[0]
+    base = first["info"]
+    lines = [
+        "# Compact ranker on IM2GPS3K (split by author)",
+        "",
+        f"Command: `python -m benchmarks.ranker_im2gps3k {' '.join(sys.argv[1:])}`".rstrip() + " (from the repository root)",
+        "",
+        f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores (shared with other jobs), "
+        f"Python {platform.python_version()}; CPU only (no GPU in this environment, so no GPU figures). "
+        f"Wall time of this invocation: {seconds / 60:.1f} min.",
+        "",
+        "## Setup",
+        "",
+        f"- Gallery and training queries: authors with `int(sha1(AUTHOR), 16) % 10 < 7` ({info['gallery_photos']} photos); "
+        f"test queries: the other {info['test_photos']} photos, mined against the gallery only (`mine --gallery`).",
+        f"- Features: EfficientNet-Lite0 (frozen), flat faiss index, GeoCLIP GPS gallery; candidates per query: "
+        f"{args.k_image} image + {args.k_gps} GPS (same-author gallery photos excluded).",
+        f"- Groups: {base['group_size']} candidates (image and GPS candidates interleaved); test groups evaluated: "
+        f"{base['groups']} (skipped: {base['skipped'] or 'none'}).",
+        f"- Ranker: compact cross-encoder (2-layer transformer over [query, candidates]), {args.epochs} epochs, "
+        f"seeds {', '.join(map(str, args.seeds))}; accuracy counts errors strictly below each threshold.",
+        "",
+        "## Accuracy on the test queries (%; mean ± sample std over seeds)",
+        "",
+        "| method | " + " | ".join(f"< {t} km" for t in THRESHOLDS) + " | median km |",
+        "|---|" + "---|" * (len(THRESHOLDS) + 1),
+    ]
+    for name in ("top-1 retrieval", "oracle"):
+        row = first["rows"][name]
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:.2f}" for c in cols) + f" | {row['median_km']:.1f} |")
+    for loss, runs in results.items():
+        vals = [fmt([r["rows"]["ranker"][c] for r in runs]) for c in cols]
+        med = fmt([r["rows"]["ranker"]["median_km"] for r in runs])
+        lines.append(f"| ranker, {loss} | " + " | ".join(vals) + f" | {med} |")
+    lines += [
+        "",
+        "## Share of the retrieval -> oracle gap closed by the ranker (mean ± std over seeds)",
+        "",
+        "gap closed = (ranker − top-1 retrieval) / (oracle − top-1 retrieval), per threshold; negative = worse than retrieval.",
+        "",
+        "| loss | " + " | ".join(f"< {t} km" for t in THRESHOLDS) + " |",
+        "|---|" + "---|" * len(THRESHOLDS),
+    ]
+    for loss, runs in results.items():
+        lines.append(f"| {loss} | " + " | ".join(fmt([100 * r["gap_closed"][c] for r in runs]) + "%" for c in cols) + " |")
+    lines += ["", "Per seed (ranker acc %):", ""]
+    for loss, runs in results.items():
+        for r in runs:
+            lines.append(f"- {loss}, seed {r['info']['seed']}: " + " / ".join(f"{r['rows']['ranker'][c]:.2f}" for c in cols)
+                         + f", median {r['rows']['ranker']['median_km']:.1f} km, top-1 hit {100 * r['info']['top1_hit']:.1f}%")
+    lines += ["", "## Commands", "", "```"] + COMMANDS + ["```", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "ranker_im2gps3k", help="Working folder (run folders, checkpoints).")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ranker.md", help="Results markdown.")
+    ap.add_argument("--losses", default="multi-order,first-order,pointwise", help="Comma-separated losses.")
+    ap.add_argument("--seeds", default="0,1,2", help="Comma-separated seeds.")
+    ap.add_argument("--epochs", type=int, default=15, help="Training epochs.")
+    ap.add_argument("--k-image", type=int, default=10, help="Image candidates mined per query.")
+    ap.add_argument("--k-gps", type=int, default=10, help="GPS candidates mined per query.")
+    ap.add_argument("--group-size", type=int, default=8, help="Candidates per ranked group.")
+    ap.add_argument("--until", choices=("pipeline", "all"), default="all", help="Stop after the data pipeline.")
+    args = ap.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    losses = [s.strip() for s in args.losses.split(",") if s.strip()]
+    if not ZIP.exists():
+        raise SystemExit(f"sample data not found: {ZIP} (set GEOBUILD_SHARED)")
+    t0 = time.time()
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    info = pipeline(work, log, args.k_image, args.k_gps)
+    if args.until == "pipeline":
+        return
+    extra = ["--group-size", str(args.group_size)]
+    results = train_and_eval(work, log, losses, args.seeds, args.epochs, extra)
+    write_results(args.out, results, info, args, time.time() - t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""``geobuild export``: write a run's candidates in other tools' layouts (``export georanker``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+export_app = typer.Typer(help="Export a run's candidates in other tools' layouts.", no_args_is_help=True)
+
+
+@export_app.command("georanker")
+def georanker(
+    run: str = typer.Option(..., "--run", help="Run folder with candidates/ (geobuild mine)."),
+    out: str = typer.Option(..., "--out", "-o", help="A .parquet file (all shards), or a folder (one georanking-<shard>.parquet per shard)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shards to export: '{00000..00009}', '0-9', '3,5,8' or 'all' (default)."),
+    group_size: int = typer.Option(7, "--group-size", min=1, help="Entries 1..N form the group GeoRanker ranks."),
+    group_negatives: int = typer.Option(2, "--group-negatives", min=0, help="Distance-band negatives placed at the end of each group."),
+    tail: int = typer.Option(5, "--tail", min=0, help="Entries after the group, read as negative examples."),
+) -> None:
+    """GeoRanking Parquet (img_id, gps, ref_gps, ref_img_id, ref_texts) from candidates/*.parquet."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from ..errors import GeobuildError
+    from ..georanker import GeorankerOptions, candidates_to_georanking
+    from ..runfolder import RunFolder, atomic_path
+    from ..schemas import arrow_schema
+    from ..shardspec import select_units
+    from ..stages.mine import read_candidates
+
+    rf = RunFolder(run)
+    have = rf.done_units("mine")
+    if not have:
+        raise GeobuildError(f"no mined shards in {rf.root}; run: geobuild mine --run {rf.root}")
+    units = select_units(have, shards, "mined shards")
+    opts = GeorankerOptions(group_size=group_size, group_negatives=group_negatives, tail=tail)
+    target = Path(out).expanduser()
+    single = target.suffix == ".parquet"
+    rows = dropped = 0
+    if single:
+        with atomic_path(target) as tmp:
+            with pq.ParquetWriter(tmp, arrow_schema("georanking")) as writer:
+                for u in units:
+                    conv = candidates_to_georanking(read_candidates(rf, u), opts)
+                    writer.write_table(conv.table)
+                    rows += conv.table.num_rows
+                    dropped += len(conv.dropped)
+    else:
+        target.mkdir(parents=True, exist_ok=True)
+        for u in units:
+            conv = candidates_to_georanking(read_candidates(rf, u), opts)
+            with atomic_path(target / f"georanking-{u}.parquet") as tmp:
+                pq.write_table(conv.table, tmp)
+            rows += conv.table.num_rows
+            dropped += len(conv.dropped)
+    typer.echo(
+        f"export georanker: {rows} rows from {len(units)} shards to {target}"
+        + (f"; {dropped} queries dropped (fewer than {group_size + tail} candidates)" if dropped else ""),
+        err=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")

@@ -1,0 +1,69 @@
+"""``geobuild train-ranker``: train a distance-aware ranker on a published GeoRanking dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train-ranker")
+    def train_ranker(
+        data: Optional[str] = typer.Option(None, "--data", "-d", help="Published dataset folder (with dataset/ and images/) or Hub repo ORG/NAME."),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: config, embedding cache, checkpoints, metrics.jsonl."),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of training settings (keys as the option names with '_'); options given here override it."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint in --out."),
+        model: Optional[str] = typer.Option(None, "--model", help="Ranker model: compact (default) or vlm."),
+        vlm_path: Optional[str] = typer.Option(None, "--vlm-path", help="--model vlm: local folder of a Qwen2-VL model (e.g. a downloaded Qwen/Qwen2-VL-2B-Instruct); nothing is downloaded."),
+        encoder: Optional[str] = typer.Option(None, "--encoder", help="Frozen photo encoder spec (default efficientnet-lite0; thumbnail:N needs no weights)."),
+        train_split: Optional[str] = typer.Option(None, "--train-split", help="Split to train on (default train)."),
+        val_split: Optional[str] = typer.Option(None, "--val-split", help="Split for per-epoch validation metrics (default validation; 'none' to skip)."),
+        images: Optional[Path] = typer.Option(None, "--images", help="Folder of photo tars when they are not in DATA/images."),
+        group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="Candidates per group (default 8); smaller groups are skipped and counted."),
+        sources: Optional[str] = typer.Option(None, "--sources", help="Comma-separated candidate sources to rank: image,gps,negative (default image,gps)."),
+        select: Optional[str] = typer.Option(None, "--select", help="How groups are filled: interleave (default, alternate sources) or order (list order)."),
+        skip_first: Optional[bool] = typer.Option(None, "--skip-first/--no-skip-first", help="Drop candidate 0 as GeoRanker's trainer does (the query's own retrieval hit)."),
+        loss: Optional[str] = typer.Option(None, "--loss", help="multi-order (default), first-order, second-order, pointwise or pairwise."),
+        lam: Optional[float] = typer.Option(None, "--lam", help="Weight λ of the first-order term (default 0.7)."),
+        k: Optional[int] = typer.Option(None, "--k", help="Positions K of the truncated Plackett-Luce (default 1)."),
+        margin: Optional[float] = typer.Option(None, "--margin", help="Hinge margin of the pairwise loss (default 1)."),
+        epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 10)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Groups per batch (default 32)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, AdamW with warm-up and cosine decay (default 1e-3)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; the same seed gives identical metrics (default 0)."),
+        d_model: Optional[int] = typer.Option(None, "--d-model", help="Compact model width (default 128)."),
+        layers: Optional[int] = typer.Option(None, "--layers", help="Compact model transformer layers (default 2)."),
+        location: Optional[str] = typer.Option(None, "--location", help="Coordinate features: rff (default) or geoclip (pretrained location encoder)."),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu (default), cuda or auto."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
+        embed_cache: Optional[Path] = typer.Option(None, "--embed-cache", help="Folder for the photo-embedding cache (default OUT/embed-cache); runs may share one."),
+        stop_after: Optional[int] = typer.Option(None, "--stop-after", help="Stop after this many epochs in this invocation; continue later with --resume."),
+    ) -> None:
+        """Train a ranker with the multi-order distance loss (or a baseline loss); checkpoints every epoch."""
+        import json
+
+        from ..errors import GeobuildError
+        from ..ranker.train import TrainConfig, train
+
+        cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
+        given = dict(
+            data=data, out=str(out) if out else None, model=model, encoder=encoder, train_split=train_split,
+            images=str(images) if images else None, group_size=group_size, select=select, skip_first=skip_first,
+            loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            d_model=d_model, layers=layers, location=location, device=device, threads=threads, stop_after=stop_after,
+            embed_cache=str(embed_cache) if embed_cache else None,
+        )
+        if vlm_path is not None:
+            given["model_options"] = {**cfg.model_options, "vlm_path": vlm_path}
+        if sources is not None:
+            given["sources"] = [s.strip() for s in sources.split(",") if s.strip()]
+        if val_split is not None:
+            given["val_split"] = None if val_split.lower() == "none" else val_split
+        cfg = cfg.merged(given)
+        try:
+            final = train(cfg, resume=resume)
+        except ValueError as exc:  # bad loss arguments and the like
+            raise GeobuildError(str(exc)) from None
+        typer.echo(json.dumps(final.get("metrics", {}), sort_keys=True))

@@ -1,0 +1,112 @@
+"""Image candidates: the top-K gallery neighbours of each query after exclusions.
+
+Excluded: the query itself (a gallery photo with the query's key when the gallery is the query's
+own run, or with the query's source id in any gallery), optionally photos by the query's author,
+and optionally near-duplicates (cosine similarity at or above a threshold). The index is
+over-fetched so that K neighbours remain; queries still short are searched again with a doubled
+depth until K remain or the whole gallery has been seen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ImagePick:
+    rows: np.ndarray  # int64 [n, k] gallery rows, -1 = none
+    scores: np.ndarray  # float32 [n, k]
+    excluded: dict[str, int] = field(default_factory=dict)  # neighbours skipped before the K-th kept, by reason
+    searches: int = 0
+
+
+def _as_obj(values) -> np.ndarray:
+    return np.asarray(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object)
+
+
+def exclusion_mask(
+    rows: np.ndarray,
+    scores: np.ndarray,
+    g_key: np.ndarray,
+    g_id: np.ndarray,
+    g_author: np.ndarray | None,
+    q_key: np.ndarray,
+    q_id: np.ndarray,
+    q_author: np.ndarray | None,
+    same_run: bool,
+    dedup_threshold: float | None,
+) -> dict[str, np.ndarray]:
+    """Boolean [n, k] masks of fetched neighbours to drop, by reason (first reason wins)."""
+    invalid = rows < 0
+    safe = np.where(invalid, 0, rows)
+    self_hit = g_id[safe] == q_id[:, None]
+    if same_run:
+        self_hit |= g_key[safe] == q_key[:, None]
+    masks = {"invalid": invalid, "self": self_hit & ~invalid}
+    seen = invalid | self_hit
+    if g_author is not None and q_author is not None:
+        has = (q_author != "")[:, None]
+        same = (g_author[safe] == q_author[:, None]) & has & ~seen
+        masks["same_author"] = same
+        seen = seen | same
+    if dedup_threshold is not None:
+        dup = (scores >= dedup_threshold) & ~seen
+        masks["near_duplicate"] = dup
+    return masks
+
+
+def search_image_candidates(
+    gallery,
+    x: np.ndarray,
+    q_key,
+    q_id,
+    q_author,
+    k: int,
+    same_run: bool,
+    g_key: np.ndarray,
+    g_id: np.ndarray,
+    g_author: np.ndarray | None = None,
+    dedup_threshold: float | None = None,
+    overfetch: int = 8,
+) -> ImagePick:
+    """Top-``k`` neighbours per query after exclusions (rows -1 where the gallery ran out).
+
+    ``g_key``/``g_id``/``g_author`` are the gallery's columns (object arrays, row-aligned with the
+    index); pass ``g_author`` only to exclude photos by the query's author.
+    """
+    q_key, q_id = _as_obj(q_key), _as_obj(q_id)
+    q_author = _as_obj(q_author) if g_author is not None else None
+    n = x.shape[0]
+    ntotal = int(gallery.ntotal)
+    out_r = np.full((n, k), -1, dtype=np.int64)
+    out_s = np.zeros((n, k), dtype=np.float32)
+    excluded: dict[str, int] = {}
+    todo = np.arange(n)
+    depth = min(ntotal, k + max(overfetch, k))
+    searches = 0
+    while todo.size and depth > 0 and k > 0:
+        scores, rows = gallery.search(x[todo], depth)
+        searches += 1
+        masks = exclusion_mask(
+            rows, scores, g_key, g_id, g_author, q_key[todo], q_id[todo],
+            None if q_author is None else q_author[todo], same_run, dedup_threshold,
+        )
+        drop = np.zeros(rows.shape, dtype=bool)
+        for m in masks.values():
+            drop |= m
+        keep_n = (~drop).sum(axis=1)
+        done = (keep_n >= k) | (depth >= ntotal)
+        for local in np.flatnonzero(done):
+            sel = np.flatnonzero(~drop[local])[:k]
+            i = todo[local]
+            upto = int(sel[-1]) + 1 if sel.size == k else rows.shape[1]
+            for reason, m in masks.items():
+                if reason != "invalid":
+                    excluded[reason] = excluded.get(reason, 0) + int(m[local, :upto].sum())
+            out_r[i, : sel.size] = rows[local, sel]
+            out_s[i, : sel.size] = scores[local, sel]
+        todo = todo[~done]
+        depth = min(ntotal, depth * 2)
+    return ImagePick(out_r, out_s, excluded, searches)

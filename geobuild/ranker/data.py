@@ -1,0 +1,360 @@
+"""Groups of candidates to rank, read from a published GeoRanking dataset or a run folder.
+
+A *group* is one query and ``group_size`` of its mined candidates, chosen from the sources asked
+for (``image``, ``gps``, ``negative``) in list order, interleaved across sources by default so a
+group mixes image neighbours and GPS-gallery points. Distances for the loss come from the
+dataset's ``query_km`` column (the distances stage) or ``cand_dist_km`` (the mine stage), and are
+recomputed with haversine only when neither is present.
+
+Rows that cannot form a group are skipped and counted by reason (``Groups.skipped``); a missing
+required column is a :class:`~geobuild.errors.GeobuildError`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..errors import GeobuildError
+from ..geo import haversine_km, valid_latlon
+from ..log import get_logger
+
+log = get_logger("ranker.data")
+
+SOURCES = ("image", "gps", "negative")
+SOURCE_CODE = {name: i for i, name in enumerate(SOURCES)}
+REQUIRED = ("lat", "lon", "cand_lat", "cand_lon")
+KEY_COLUMNS = ("key", "id", "img_id")
+
+
+@dataclass
+class GroupSpec:
+    """How groups are cut from the candidate lists."""
+
+    group_size: int = 8
+    sources: tuple[str, ...] = ("image", "gps")
+    select: str = "interleave"  # interleave | order
+    skip_first: bool = False  # GeoRanker's trainer drops entry 0 (the query's own retrieval hit)
+
+    def __post_init__(self) -> None:
+        self.sources = tuple(self.sources)
+        bad = [s for s in self.sources if s not in SOURCES]
+        if bad:
+            raise GeobuildError(f"unknown candidate source(s) {bad}; choose from {', '.join(SOURCES)}")
+        if self.select not in ("interleave", "order"):
+            raise GeobuildError(f"unknown candidate selection '{self.select}' (interleave or order)")
+        if self.group_size < 2:
+            raise GeobuildError(f"group size must be at least 2, got {self.group_size}")
+
+
+@dataclass
+class Groups:
+    """Fixed-size groups as aligned arrays (N queries x G candidates)."""
+
+    name: str
+    query_key: np.ndarray  # object [N]
+    query_id: np.ndarray  # object [N]
+    query_lat: np.ndarray  # float64 [N]
+    query_lon: np.ndarray
+    cand_key: np.ndarray  # object [N, G] (None: no photo)
+    cand_id: np.ndarray  # object [N, G]
+    cand_lat: np.ndarray  # float64 [N, G]
+    cand_lon: np.ndarray
+    cand_source: np.ndarray  # int64 [N, G] codes of SOURCES
+    cand_rank: np.ndarray  # int64 [N, G] rank within its source
+    cand_texts: np.ndarray  # object [N, G] tuples of strings
+    dists: np.ndarray  # float32 [N, G] km to the query
+    mask: np.ndarray  # bool [N, G]
+    retrieval_km: np.ndarray  # float64 [N]: error of the first image candidate of the full list (nan: none)
+    skipped: dict[str, int] = field(default_factory=dict)
+    rows_read: int = 0
+
+    def __len__(self) -> int:
+        return int(self.query_key.shape[0])
+
+    @property
+    def group_size(self) -> int:
+        return int(self.cand_lat.shape[1])
+
+    def subset(self, keep: np.ndarray, reason: str | None = None) -> "Groups":
+        """The groups where ``keep`` (bool [N]) is true; the others are counted under ``reason``."""
+        keep = np.asarray(keep, dtype=bool)
+        skipped = dict(self.skipped)
+        if reason and (~keep).any():
+            skipped[reason] = skipped.get(reason, 0) + int((~keep).sum())
+        arrays = {
+            name: getattr(self, name)[keep]
+            for name in (
+                "query_key", "query_id", "query_lat", "query_lon", "cand_key", "cand_id", "cand_lat", "cand_lon",
+                "cand_source", "cand_rank", "cand_texts", "dists", "mask", "retrieval_km",
+            )
+        }
+        return Groups(name=self.name, skipped=skipped, rows_read=self.rows_read, **arrays)
+
+
+def _first_present(row: dict[str, Any], names: Iterable[str]):
+    for n in names:
+        v = row.get(n)
+        if v is not None:
+            return v
+    return None
+
+
+def check_columns(columns: Iterable[str], where: str) -> None:
+    """Refuse a table that lacks the columns a ranker needs."""
+    cols = set(columns)
+    missing = [c for c in REQUIRED if c not in cols]
+    if not any(k in cols for k in KEY_COLUMNS):
+        missing.append("key (or id)")
+    if missing:
+        raise GeobuildError(
+            f"{where} lacks required column(s) {', '.join(missing)}; expected a geobuild 'candidates' table "
+            "(geobuild publish, or a run folder's candidates/)"
+        )
+
+
+def _select(sources: list[str], spec: GroupSpec, ok: np.ndarray) -> list[int]:
+    """Indices of the candidates that form the group (at most group_size)."""
+    start = 1 if spec.skip_first else 0
+    per: dict[str, list[int]] = {s: [] for s in spec.sources}
+    ordered: list[int] = []
+    for i in range(start, len(sources)):
+        s = sources[i]
+        if s in per and ok[i]:
+            per[s].append(i)
+            ordered.append(i)
+    if spec.select == "order":
+        return ordered[: spec.group_size]
+    out: list[int] = []
+    pos = 0
+    while len(out) < spec.group_size:
+        took = False
+        for s in spec.sources:
+            if pos < len(per[s]):
+                out.append(per[s][pos])
+                took = True
+                if len(out) == spec.group_size:
+                    break
+        if not took:
+            break
+        pos += 1
+    return out
+
+
+class _Builder:
+    def __init__(self, spec: GroupSpec, name: str):
+        self.spec = spec
+        self.name = name
+        self.rows: dict[str, list] = {k: [] for k in (
+            "query_key", "query_id", "query_lat", "query_lon", "cand_key", "cand_id", "cand_lat", "cand_lon",
+            "cand_source", "cand_rank", "cand_texts", "dists", "retrieval_km")}
+        self.skipped: Counter = Counter()
+        self.read = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.read += 1
+        spec, G = self.spec, self.spec.group_size
+        key = _first_present(row, KEY_COLUMNS)
+        lat, lon = row.get("lat"), row.get("lon")
+        if key is None or lat is None or lon is None or not valid_latlon(np.array([lat]), np.array([lon]))[0]:
+            self.skipped["bad_query"] += 1
+            return
+        clat = np.asarray(row.get("cand_lat") or [], dtype=np.float64)
+        clon = np.asarray(row.get("cand_lon") or [], dtype=np.float64)
+        n = len(clat)
+        if n == 0 or len(clon) != n:
+            self.skipped["no_candidates"] += 1
+            return
+        sources = list(row.get("cand_source") or ["image"] * n)
+        keys = list(row.get("cand_key") or [None] * n)
+        ids = list(row.get("cand_id") or [None] * n)
+        ranks = list(row.get("cand_rank") or list(range(n)))
+        texts = list(row.get("cand_texts") or [[]] * n)
+        dist = row.get("query_km")
+        if dist is None:
+            dist = row.get("cand_dist_km")
+        if dist is None or len(dist) != n:
+            dist = haversine_km(lat, lon, clat, clon)
+        dist = np.asarray([np.nan if x is None else x for x in dist], dtype=np.float64)
+        if not (len(sources) == len(keys) == len(ids) == len(ranks) == len(texts) == n):
+            self.skipped["misaligned_candidate_lists"] += 1
+            return
+        ok = valid_latlon(clat, clon) & np.isfinite(dist)
+        image_idx = [i for i in range(n) if sources[i] == "image" and ok[i]]
+        retrieval = float(dist[min(image_idx, key=lambda i: (ranks[i], i))]) if image_idx else np.nan
+        sel = _select(sources, spec, ok)
+        if len(sel) < G:
+            self.skipped["too_few_candidates"] += 1
+            return
+        r = self.rows
+        r["query_key"].append(str(key))
+        r["query_id"].append(str(row.get("id") if row.get("id") is not None else key))
+        r["query_lat"].append(float(lat))
+        r["query_lon"].append(float(lon))
+        r["cand_key"].append([str(keys[i]) if keys[i] not in (None, "") else None for i in sel])
+        r["cand_id"].append([ids[i] for i in sel])
+        r["cand_lat"].append(clat[sel])
+        r["cand_lon"].append(clon[sel])
+        r["cand_source"].append([SOURCE_CODE.get(sources[i], 0) for i in sel])
+        r["cand_rank"].append([int(ranks[i]) if ranks[i] is not None else 0 for i in sel])
+        r["cand_texts"].append([tuple(str(t) for t in (texts[i] or []) if t is not None) for i in sel])
+        r["dists"].append(dist[sel])
+        r["retrieval_km"].append(retrieval)
+
+    def build(self) -> Groups:
+        r, G = self.rows, self.spec.group_size
+        N = len(r["query_key"])
+
+        def obj(rows, shape):
+            a = np.empty(shape, dtype=object)
+            for i, row in enumerate(rows):
+                if len(shape) == 1:
+                    a[i] = row
+                else:
+                    for j, v in enumerate(row):
+                        a[i, j] = v
+            return a
+
+        groups = Groups(
+            name=self.name,
+            query_key=obj(r["query_key"], (N,)),
+            query_id=obj(r["query_id"], (N,)),
+            query_lat=np.asarray(r["query_lat"], dtype=np.float64),
+            query_lon=np.asarray(r["query_lon"], dtype=np.float64),
+            cand_key=obj(r["cand_key"], (N, G)),
+            cand_id=obj(r["cand_id"], (N, G)),
+            cand_lat=np.asarray(r["cand_lat"], dtype=np.float64).reshape(N, G),
+            cand_lon=np.asarray(r["cand_lon"], dtype=np.float64).reshape(N, G),
+            cand_source=np.asarray(r["cand_source"], dtype=np.int64).reshape(N, G),
+            cand_rank=np.asarray(r["cand_rank"], dtype=np.int64).reshape(N, G),
+            cand_texts=obj(r["cand_texts"], (N, G)),
+            dists=np.asarray(r["dists"], dtype=np.float32).reshape(N, G),
+            mask=np.ones((N, G), dtype=bool),
+            retrieval_km=np.asarray(r["retrieval_km"], dtype=np.float64),
+            skipped=dict(self.skipped),
+            rows_read=self.read,
+        )
+        if self.skipped:
+            log.warning(
+                "%s: %d of %d rows skipped (%s)", self.name, sum(self.skipped.values()), self.read,
+                ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())),
+            )
+        return groups
+
+
+def groups_from_rows(rows: Iterable[dict[str, Any]], spec: GroupSpec, name: str) -> Groups:
+    """Cut groups from an iterable of candidate rows (dicts of the candidates schema)."""
+    b = _Builder(spec, name)
+    for row in rows:
+        b.add(row)
+    return b.build()
+
+
+def _batch_rows(batch: dict[str, list]) -> Iterator[dict[str, Any]]:
+    names = list(batch)
+    n = len(batch[names[0]]) if names else 0
+    for i in range(n):
+        yield {k: batch[k][i] for k in names}
+
+
+# -- published datasets -----------------------------------------------------------------------------
+def dataset_dir(source: str | Path) -> Path | None:
+    """The local ``DIR/dataset`` folder of a published dataset (None when ``source`` is a Hub repo)."""
+    p = Path(source)
+    if (p / "dataset").is_dir():
+        return p / "dataset"
+    if p.is_dir() and (p / "candidates").is_dir():
+        return p
+    if p.exists():
+        raise GeobuildError(f"{p} is not a published geobuild dataset (no dataset/candidates/ inside)")
+    return None
+
+
+def _local_cache_dir(local: Path) -> Path:
+    """A datasets cache folder unique to the files of a local dataset.
+
+    ``datasets`` names the cache of a local folder after the folder's name and its config, so two
+    published folders both called ``dataset/`` would share (and silently reuse) one cache. The
+    fingerprint of the file names, sizes and modification times keeps them apart.
+    """
+    import hashlib
+
+    from datasets import config as ds_config
+
+    h = hashlib.sha1(str(local.resolve()).encode())
+    for p in sorted(local.rglob("*")):
+        if p.is_file() and (p.suffix == ".parquet" or p.name == "README.md"):
+            st = p.stat()
+            h.update(f"{p.relative_to(local)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return Path(ds_config.HF_DATASETS_CACHE) / "geobuild-local" / h.hexdigest()[:16]
+
+
+def load_split(source: str | Path, split: str):
+    """``datasets.load_dataset(SOURCE, "candidates", split=split)`` for a local folder or Hub repo."""
+    import os
+
+    from ..errors import require
+
+    datasets = require("datasets", "hub")
+    local = dataset_dir(source)
+    target = str(local) if local is not None else str(source)
+    kwargs = {"cache_dir": str(_local_cache_dir(local))} if local is not None else {}
+    try:
+        return datasets.load_dataset(target, "candidates", split=split, **kwargs)
+    except ValueError as exc:
+        if "split" in str(exc).lower() or "Unknown split" in str(exc):
+            raise GeobuildError(f"{source} has no '{split}' split in config 'candidates' ({exc})") from None
+        raise GeobuildError(f"cannot load config 'candidates' of {source}: {exc}") from None
+    except FileNotFoundError as exc:
+        offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise GeobuildError(f"dataset {source} not found{offline}: {exc}") from None
+
+
+def groups_from_dataset(source: str | Path, split: str, spec: GroupSpec, batch_size: int = 1024) -> Groups:
+    """Groups of one split of a published dataset (streamed in batches)."""
+    ds = load_split(source, split)
+    check_columns(ds.column_names, f"{source} ({split})")
+    keep = [c for c in ds.column_names if c in set(REQUIRED) | set(KEY_COLUMNS) | {
+        "cand_key", "cand_id", "cand_source", "cand_rank", "cand_texts", "cand_dist_km", "query_km"}]
+    ds = ds.select_columns(keep)
+
+    def rows():
+        for batch in ds.iter(batch_size=batch_size):
+            yield from _batch_rows(batch)
+
+    return groups_from_rows(rows(), spec, f"{source}:{split}")
+
+
+# -- run folders ------------------------------------------------------------------------------------
+def groups_from_run(run_dir: str | Path, spec: GroupSpec) -> Groups:
+    """Groups from a run folder's ``candidates/*.parquet`` joined with ``distances/*.parquet``."""
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    cdir, ddir = run_dir / "candidates", run_dir / "distances"
+    files = sorted(p for p in cdir.glob("*.parquet")) if cdir.is_dir() else []
+    if not files:
+        raise GeobuildError(f"no candidates in {cdir}; run 'geobuild mine' (and 'geobuild distances') first")
+
+    def rows():
+        for f in files:
+            cand = pq.read_table(f)
+            check_columns(cand.column_names, str(f))
+            dist_file = ddir / f.name
+            dist = pq.read_table(dist_file, columns=["key", "query_km"]) if dist_file.exists() else None
+            cand_rows = cand.to_pylist()
+            if dist is not None:
+                dist_rows = dist.to_pylist()
+                if len(dist_rows) != len(cand_rows) or any(
+                    a.get("key") != b["key"] for a, b in zip(cand_rows, dist_rows)
+                ):
+                    raise GeobuildError(f"{dist_file} does not match {f} row by row; rerun 'geobuild distances'")
+                for a, b in zip(cand_rows, dist_rows):
+                    a["query_km"] = b["query_km"]
+            yield from cand_rows
+
+    return groups_from_rows(rows(), spec, str(run_dir))

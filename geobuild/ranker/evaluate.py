@@ -1,0 +1,178 @@
+"""``geobuild eval``: rank benchmark groups with a trained checkpoint and report geolocation accuracy.
+
+Rows of the report: ``top-1 retrieval`` (the first image candidate of the mined list), ``oracle``
+(the closest candidate of each group: the ceiling of any ranker of these groups) and ``ranker``
+(the candidate the checkpoint scores highest). Accuracy is the share of errors strictly below
+1 / 25 / 200 / 750 / 2500 km (GeoRanker's and G3's count), or at most with ``strict=False``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import GeobuildError
+from ..log import get_logger
+from ..runfolder import atomic_path
+from .data import Groups, groups_from_dataset, groups_from_run
+from .images import ImageSource, folder_images, published_images
+from .metrics import gap_closed, oracle_errors, ranker_errors, retrieval_errors, summary, top1_hit_rate
+
+log = get_logger("ranker.eval")
+
+ROWS = ("top-1 retrieval", "oracle", "ranker")
+
+
+def checkpoint_root(path: str | Path) -> Path:
+    """The training output folder of a checkpoint file (or the folder itself)."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def config_from_checkpoint(ckpt: dict):
+    from .train import TrainConfig
+
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in names})
+
+
+def load_groups(
+    spec, *, data: str | None = None, split: str = "validation", run: str | Path | None = None,
+    gallery: str | Path | None = None, images: str | Path | None = None,
+) -> tuple[Groups, ImageSource]:
+    """Groups to evaluate and where their photos are: a published split, or a run folder."""
+    if (data is None) == (run is None):
+        raise GeobuildError("give exactly one of --data (a published dataset) or --run (a run folder)")
+    if run is not None:
+        run = Path(run)
+        if not run.is_dir():
+            raise GeobuildError(f"run folder not found: {run}")
+        groups = groups_from_run(run, spec)
+        query_tars = folder_images(run)
+        cand_tars = folder_images(images or gallery or run)
+        return groups, ImageSource(query_tars, cand_tars)
+    groups = groups_from_dataset(data, split, spec)
+    if images:
+        tars = folder_images(images)
+        return groups, ImageSource(tars, tars)
+    return groups, published_images(data)
+
+
+def evaluate(
+    checkpoint: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "validation",
+    run: str | Path | None = None,
+    gallery: str | Path | None = None,
+    images: str | Path | None = None,
+    strict: bool = True,
+    group_size: int | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    cache_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint; returns ``{"rows": {name: metrics}, "gap_closed": ..., "info": ...}``."""
+    from .models import ModelContext, build_model
+    from .train import load_checkpoint, resolve_device, score_groups, usable
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_from_checkpoint(ckpt)
+    if group_size:
+        cfg = replace(cfg, group_size=group_size)
+    groups, image_source = load_groups(cfg.group_spec(), data=data, split=split, run=run, gallery=gallery, images=images)
+    if len(groups) == 0:
+        raise GeobuildError(f"no groups of {cfg.group_size} candidates to evaluate ({groups.skipped})")
+    device = resolve_device(device)
+    ctx = ModelContext([groups], image_source, checkpoint_root(checkpoint), device,
+                       embed_cache=Path(cache_dir) if cache_dir else Path(cfg.embed_cache) if cfg.embed_cache else None)
+    model = build_model(cfg.model, asdict(cfg), ctx)
+    model.load_state_dict(ckpt["model"])
+    model.to(device)
+    groups = usable(model, groups)
+    if len(groups) == 0:
+        raise GeobuildError("no group to evaluate has a query photo; check the image tars")
+    scores = score_groups(model, groups, batch_size, device)
+    return report(groups, scores, strict=strict, info={
+        "checkpoint": str(checkpoint),
+        "epoch": int(ckpt["epoch"]),
+        "model": cfg.model,
+        "loss": cfg.loss,
+        "seed": cfg.seed,
+        "source": str(run if run is not None else f"{data}:{split}"),
+        "gallery": str(gallery) if gallery else None,
+    })
+
+
+def report(groups: Groups, scores: np.ndarray, strict: bool = True, info: dict | None = None) -> dict[str, Any]:
+    """The accuracy table of a ranking of ``groups`` (scores [N, G])."""
+    rows = {
+        "top-1 retrieval": summary(retrieval_errors(groups), strict=strict),
+        "oracle": summary(oracle_errors(groups), strict=strict),
+        "ranker": summary(ranker_errors(scores, groups), strict=strict),
+    }
+    out_info = dict(info or {})
+    out_info.update({
+        "groups": len(groups),
+        "group_size": groups.group_size,
+        "skipped": groups.skipped,
+        "rows_read": groups.rows_read,
+        "strict": strict,
+        "top1_hit": top1_hit_rate(scores, groups),
+    })
+    return {"rows": rows, "gap_closed": gap_closed(rows["ranker"], rows["top-1 retrieval"], rows["oracle"]), "info": out_info}
+
+
+def metric_names(result: dict[str, Any]) -> list[str]:
+    first = next(iter(result["rows"].values()))
+    return [k for k in first if k.startswith("acc@")] + ["median_km", "n"]
+
+
+def print_table(result: dict[str, Any], title: str = "") -> None:
+    """The report as a rich table on the terminal (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cmp = "<" if result["info"].get("strict", True) else "<="
+    table = Table(title=title or f"accuracy (% of errors {cmp} threshold), {result['info'].get('groups')} groups")
+    table.add_column("method", no_wrap=True)
+    names = metric_names(result)
+    for n in names:
+        table.add_column(n.replace("acc@", cmp) if n.startswith("acc@") else n.replace("_km", " km"), justify="right", no_wrap=True)
+    for row, m in result["rows"].items():
+        table.add_row(row, *[f"{m[n]:.2f}" if n != "n" else str(m[n]) for n in names])
+    gap = result.get("gap_closed") or {}
+    if gap:
+        table.add_row("gap closed", *[f"{100 * gap[n]:.1f}%" if n in gap and np.isfinite(gap[n]) else "" for n in names])
+    Console().print(table)
+
+
+def write_report(result: dict[str, Any], out: str | Path) -> list[Path]:
+    """Write ``out`` as JSON (``.json``), CSV (``.csv``), or both into a folder (eval.json, eval.csv)."""
+    out = Path(out)
+    if out.suffix == ".json":
+        targets = [out]
+    elif out.suffix == ".csv":
+        targets = [out]
+    else:
+        targets = [out / "eval.json", out / "eval.csv"]
+    for t in targets:
+        t.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(t) as tmp:
+            if t.suffix == ".json":
+                tmp.write_text(json.dumps(result, indent=2, sort_keys=True, default=str) + "\n")
+            else:
+                names = metric_names(result)
+                with open(tmp, "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerow(["method", *names])
+                    for row, m in result["rows"].items():
+                        w.writerow([row, *[m[n] for n in names]])
+    return targets

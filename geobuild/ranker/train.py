@@ -1,0 +1,370 @@
+"""``geobuild train-ranker``: train a ranker on a published GeoRanking dataset.
+
+Output folder::
+
+    OUT/config.yaml            resolved training configuration
+    OUT/embed-cache/           frozen photo embeddings, per tar (reused by reruns and eval)
+    OUT/checkpoints/epoch-NNNN.pt, last.pt   one checkpoint per epoch (model, optimiser, schedule, history)
+    OUT/metrics.jsonl          one line per epoch: train loss, validation loss and ranking metrics
+    OUT/final.json             the last epoch's metrics and the configuration
+
+Determinism: the model is initialised from ``seed``, and every epoch reseeds its shuffling and
+dropout from ``(seed, epoch)``, so the same seed gives the same metrics, and a run resumed from an
+epoch checkpoint finishes in exactly the state an uninterrupted run reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..errors import GeobuildError
+from ..log import get_logger, progress
+from ..runfolder import atomic_path
+from .data import GroupSpec, Groups, groups_from_dataset
+from .images import published_images, ImageSource, folder_images
+
+log = get_logger("ranker.train")
+
+CHECKPOINT_FORMAT = "geobuild-ranker"
+CHECKPOINT_VERSION = 1
+#: settings that may differ when a run is resumed (they do not change the result)
+RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cache")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (CLI options or a YAML file with these keys)."""
+
+    data: str = ""  # published dataset folder (with dataset/ and images/) or Hub repo ORG/NAME
+    out: str = ""
+    train_split: str = "train"
+    val_split: str | None = "validation"
+    images: str | None = None  # folder of photo tars, when not beside the dataset
+    model: str = "compact"
+    encoder: str = "efficientnet-lite0"
+    group_size: int = 8
+    sources: list[str] = field(default_factory=lambda: ["image", "gps"])
+    select: str = "interleave"
+    skip_first: bool = False
+    loss: str = "multi-order"
+    lam: float = 0.7
+    k: int = 1
+    margin: float = 1.0
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    seed: int = 0
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    location: str = "rff"
+    rff_dim: int = 128
+    text_dim: int = 256
+    model_options: dict = field(default_factory=dict)
+    device: str = "cpu"
+    threads: int | None = None
+    embed_cache: str | None = None  # photo-embedding cache folder (default OUT/embed-cache); shareable between runs
+    keep_checkpoints: int = 0  # 0 keeps every epoch's checkpoint
+    stop_after: int | None = None  # stop after this many epochs in this invocation (resume later)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        p = Path(path)
+        if not p.exists():
+            raise GeobuildError(f"config file not found: {p}")
+        doc = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise GeobuildError(f"{p} must hold a mapping of training settings")
+        return cls().merged(doc, where=str(p), keep_none=True)
+
+    def merged(self, values: dict[str, Any], where: str = "options", keep_none: bool = False) -> "TrainConfig":
+        """A copy with ``values`` applied (``None`` means "not given" unless ``keep_none``)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise GeobuildError(f"unknown training setting(s) in {where}: {', '.join(unknown)}")
+        d = asdict(self)
+        d.update({k: v for k, v in values.items() if keep_none or v is not None})
+        cfg = TrainConfig(**d)
+        cfg.sources = list(cfg.sources)
+        return cfg
+
+    def group_spec(self) -> GroupSpec:
+        return GroupSpec(self.group_size, tuple(self.sources), self.select, self.skip_first)
+
+    def validate(self) -> None:
+        from .loss import LOSSES
+
+        if not self.data:
+            raise GeobuildError("no dataset given: pass --data DIR_OR_REPO (or 'data:' in --config)")
+        if not self.out:
+            raise GeobuildError("no output folder given: pass --out DIR")
+        if self.loss not in LOSSES:
+            raise GeobuildError(f"unknown loss '{self.loss}'; choose one of: {', '.join(LOSSES)}")
+        for name in ("epochs", "batch_size", "k", "group_size"):
+            if getattr(self, name) < 1:
+                raise GeobuildError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise GeobuildError(f"lam must lie in [0, 1], got {self.lam}")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GeobuildError(f"device '{device}' requested but no CUDA GPU is available; use --device cpu")
+    return device
+
+
+def _lr_lambda(warmup: int, total: int):
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress_ = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+
+    return f
+
+
+def image_source_for(cfg: TrainConfig) -> ImageSource:
+    if cfg.images:
+        tars = folder_images(cfg.images)
+        return ImageSource(tars, tars)
+    return published_images(cfg.data)
+
+
+def score_groups(model, groups: Groups, batch_size: int, device: str) -> np.ndarray:
+    """Scores [N, G] of every group, in evaluation mode."""
+    import torch
+
+    from .models import make_batch
+
+    model.eval()
+    out = np.zeros(groups.dists.shape, dtype=np.float32)
+    with torch.no_grad():
+        for i in range(0, len(groups), batch_size):
+            idx = np.arange(i, min(len(groups), i + batch_size))
+            batch = make_batch(groups, idx).to(device)
+            out[idx] = model(batch).float().cpu().numpy()
+    return out
+
+
+def validation_metrics(model, groups: Groups, cfg: TrainConfig, loss_fn, device: str) -> dict[str, float]:
+    import torch
+
+    from .metrics import ranker_errors, summary, top1_hit_rate
+
+    scores = score_groups(model, groups, cfg.batch_size, device)
+    loss = float(
+        loss_fn(torch.from_numpy(scores), torch.from_numpy(groups.dists), mask=torch.from_numpy(groups.mask)).item()
+    )
+    s = summary(ranker_errors(scores, groups))
+    out = {"val_loss": loss, "val_top1_hit": top1_hit_rate(scores, groups)}
+    out.update({f"val_{k}": v for k, v in s.items() if k != "n"})
+    return out
+
+
+def usable(model, groups: Groups) -> Groups:
+    """Drop groups whose query photo the model cannot see (counted as query_photo_missing)."""
+    emb = getattr(model, "embeddings", None)
+    if emb is None or len(groups) == 0:
+        return groups
+    keep = emb.rows(list(groups.query_key), "query") >= 0
+    if (~keep).any():
+        log.warning("%s: %d groups have no query photo and are skipped", groups.name, int((~keep).sum()))
+    return groups.subset(keep, "query_photo_missing")
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    return sorted((out / "checkpoints").glob("epoch-*.pt"))
+
+
+def _save(obj: dict, path: Path) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint written by :func:`train` (refuses other files)."""
+    import torch
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "checkpoints" / "last.pt"
+    if not p.exists():
+        raise GeobuildError(f"checkpoint not found: {p} (train one with 'geobuild train-ranker')")
+    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise GeobuildError(f"{p} is not a geobuild ranker checkpoint")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise GeobuildError(f"{p} has checkpoint version {ckpt.get('version')}, expected {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+def _record_config(out: Path, cfg: TrainConfig, resume: bool) -> None:
+    path = out / "config.yaml"
+    new = asdict(cfg)
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        changed = sorted(k for k in set(old) | set(new) if k not in RESUME_FREE and old.get(k) != new.get(k))
+        if changed and resume:
+            raise GeobuildError(
+                f"{out} was trained with different settings (changed: {', '.join(changed)}); "
+                "resume with the same settings or use another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(new, sort_keys=False))
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) a ranker; returns the final metrics record."""
+    import torch
+
+    from .loss import get_loss
+    from .models import ModelContext, build_model, make_batch
+
+    cfg.validate()
+    out = Path(cfg.out)
+    existing = _checkpoints(out)
+    if existing and not resume:
+        raise GeobuildError(f"{out} already holds checkpoints; pass --resume to continue, or use another --out")
+    _record_config(out, cfg, resume)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+    spec = cfg.group_spec()
+    train_groups = groups_from_dataset(cfg.data, cfg.train_split, spec)
+    val_groups = None
+    if cfg.val_split:
+        try:
+            val_groups = groups_from_dataset(cfg.data, cfg.val_split, spec)
+        except GeobuildError as exc:
+            if cfg.val_split != "validation":
+                raise
+            log.warning("no validation metrics: %s", exc)
+    if len(train_groups) == 0:
+        raise GeobuildError(
+            f"no usable training groups in {cfg.data} ({cfg.train_split}): {train_groups.skipped}; "
+            "lower --group-size or add candidate sources"
+        )
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % (2**32))
+    ctx = ModelContext([g for g in (train_groups, val_groups) if g is not None], image_source_for(cfg), out, device,
+                       embed_cache=Path(cfg.embed_cache) if cfg.embed_cache else None)
+    model = build_model(cfg.model, asdict(cfg), ctx).to(device)
+    train_groups = usable(model, train_groups)
+    if val_groups is not None:
+        val_groups = usable(model, val_groups)
+        if len(val_groups) == 0:
+            val_groups = None
+    if len(train_groups) == 0:
+        raise GeobuildError("no training group has a query photo; check the images/ tars of the dataset")
+
+    loss_fn = get_loss(cfg.loss, lam=cfg.lam, k=cfg.k, margin=cfg.margin)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
+
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume and existing:
+        ckpt = load_checkpoint(out / "checkpoints" / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        history = list(ckpt["history"])
+        start = int(ckpt["epoch"])
+        log.info("resuming %s after epoch %d", out, start)
+    elif resume:
+        log.info("nothing to resume in %s; starting from scratch", out)
+
+    data_info = {
+        "train_groups": len(train_groups),
+        "train_skipped": train_groups.skipped,
+        "val_groups": len(val_groups) if val_groups is not None else 0,
+        "val_skipped": val_groups.skipped if val_groups is not None else {},
+    }
+    log.info("training %s on %d groups of %d (%s loss), %d epochs", cfg.model, len(train_groups), cfg.group_size, cfg.loss, cfg.epochs)
+    ran = 0
+    for epoch in range(start, cfg.epochs):
+        if cfg.stop_after is not None and ran >= cfg.stop_after:
+            log.info("stopping after %d epoch(s) as asked; continue with --resume", ran)
+            break
+        t0 = time.time()
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_groups))
+        model.train()
+        total, count = 0.0, 0
+        bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
+        for i in range(0, len(order), cfg.batch_size):
+            batch = make_batch(train_groups, order[i : i + cfg.batch_size]).to(device)
+            scores = model(batch)
+            loss = loss_fn(scores, batch.dists, mask=batch.mask)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+            n = int(batch.mask.shape[0])
+            total += float(loss.item()) * n
+            count += n
+            bar.update(1)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(1, count), "lr": sched.get_last_lr()[0]}
+        if val_groups is not None:
+            record.update(validation_metrics(model, val_groups, cfg, loss_fn, device))
+        record["seconds"] = round(time.time() - t0, 3)
+        history.append(record)
+        ckpt = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch + 1,
+            "config": asdict(cfg),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "history": history,
+            "data": data_info,
+        }
+        path = out / "checkpoints" / f"epoch-{epoch + 1:04d}.pt"
+        _save(ckpt, path)
+        _save(ckpt, out / "checkpoints" / "last.pt")
+        if cfg.keep_checkpoints:
+            for old in _checkpoints(out)[: -cfg.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+        with atomic_path(out / "metrics.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in history))
+        log.info("epoch %d: %s", epoch + 1, ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+        ran += 1
+
+    final = {"epochs_done": len(history), "finished": len(history) >= cfg.epochs, "data": data_info}
+    if history:
+        final["metrics"] = {k: v for k, v in history[-1].items() if k != "seconds"}
+    final["config"] = asdict(cfg)
+    if final["finished"]:
+        out.joinpath("final.json").parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "final.json") as tmp:
+            tmp.write_text(json.dumps(final, indent=2, sort_keys=True, default=str) + "\n")
+    return final

@@ -1,0 +1,134 @@
+"""train-ranker end to end on a synthetic dataset in the published layout (real Parquet, tars, datasets)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("datasets")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from _ranker_fixture import make_dataset  # noqa: E402
+from geobuild.cli import app  # noqa: E402
+
+SMALL = ["--encoder", "thumbnail:4", "--group-size", "6", "--batch-size", "16", "--d-model", "32", "--layers", "1", "--lr", "3e-3"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("ds") / "pub")
+
+
+def run_cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result
+
+
+def history(out: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("seconds")
+    return rows
+
+
+def test_compact_model_learns_and_beats_random(dataset, tmp_path):
+    out = tmp_path / "out"
+    res = run_cli("train-ranker", "--data", str(dataset), "--out", str(out), "--epochs", "8", *SMALL)
+    assert res.exit_code == 0, res.output
+    rows = history(out)
+    assert len(rows) == 8
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+    # 6 candidates per group: a random ranking picks the closest one 1 time in 6
+    assert rows[-1]["val_top1_hit"] > 0.6
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"epoch-{i:04d}.pt" for i in range(1, 9)] + ["last.pt"]
+    final = json.loads((out / "final.json").read_text())
+    assert final["finished"] and final["data"]["train_groups"] == 96 and final["data"]["val_groups"] == 40
+    assert list((out / "embed-cache").rglob("*.npz"))
+
+
+def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path):
+    dataset = make_dataset(tmp_path / "small", n_train=48, n_val=16, seed=1)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert run_cli("train-ranker", "--data", str(dataset), "--out", str(a), "--epochs", "3", "--seed", "3", *SMALL).exit_code == 0
+    assert run_cli("train-ranker", "--data", str(dataset), "--out", str(b), "--epochs", "3", "--seed", "3", *SMALL).exit_code == 0
+    assert history(a) == history(b)
+    # interrupted after 1 epoch, then resumed
+    res = run_cli("train-ranker", "--data", str(dataset), "--out", str(c), "--epochs", "3", "--seed", "3", "--stop-after", "1", *SMALL)
+    assert res.exit_code == 0, res.output
+    assert len(history(c)) == 1 and not (c / "final.json").exists()
+    res = run_cli("train-ranker", "--data", str(dataset), "--out", str(c), "--epochs", "3", "--seed", "3", "--resume", *SMALL)
+    assert res.exit_code == 0, res.output
+    assert history(c) == history(a)
+    sa = torch.load(a / "checkpoints" / "last.pt", weights_only=False)
+    sc = torch.load(c / "checkpoints" / "last.pt", weights_only=False)
+    assert sa["model"].keys() == sc["model"].keys()
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sc["model"][k]), k
+    # a different seed gives a different run
+    d = tmp_path / "d"
+    assert run_cli("train-ranker", "--data", str(dataset), "--out", str(d), "--epochs", "1", "--seed", "4", *SMALL).exit_code == 0
+    assert history(d)[0] != history(a)[0]
+
+
+def test_existing_checkpoints_need_resume_and_same_settings(dataset, tmp_path):
+    out = tmp_path / "o"
+    assert run_cli("train-ranker", "--data", str(dataset), "--out", str(out), "--epochs", "1", *SMALL).exit_code == 0
+    res = run_cli("train-ranker", "--data", str(dataset), "--out", str(out), "--epochs", "1", *SMALL)
+    assert res.exit_code != 0 and "--resume" in str(res.exception)
+    res = run_cli("train-ranker", "--data", str(dataset), "--out", str(out), "--epochs", "1", "--resume", "--loss", "pointwise", *SMALL)
+    assert res.exit_code != 0 and "loss" in str(res.exception)
+
+
+def test_yaml_config_and_every_loss(dataset, tmp_path):
+    for loss in ("first-order", "second-order", "pointwise", "pairwise"):
+        cfg = tmp_path / f"{loss}.yaml"
+        cfg.write_text(
+            f"data: {dataset}\nloss: {loss}\nepochs: 1\nencoder: 'thumbnail:4'\ngroup_size: 6\nbatch_size: 32\n"
+            "d_model: 32\nlayers: 1\nheads: 2\nk: 2\nval_split: null\n"
+        )
+        out = tmp_path / loss
+        res = run_cli("train-ranker", "--config", str(cfg), "--out", str(out))
+        assert res.exit_code == 0, res.output
+        rows = history(out)
+        assert len(rows) == 1 and "val_loss" not in rows[0]
+        saved = (out / "config.yaml").read_text()
+        assert f"loss: {loss}" in saved and "k: 2" in saved
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: x\nlearning_rate: 1\n")
+    res = run_cli("train-ranker", "--config", str(bad), "--out", str(tmp_path / "bad"))
+    assert res.exit_code != 0 and "learning_rate" in str(res.exception)
+
+
+def test_missing_columns_and_small_groups(tmp_path):
+    from geobuild.errors import GeobuildError
+    from geobuild.ranker.train import TrainConfig, train
+
+    broken = make_dataset(tmp_path / "broken", n_train=8, n_val=4, drop_columns=("cand_lat",))
+    cfg = TrainConfig(data=str(broken), out=str(tmp_path / "o1"), encoder="thumbnail:4", group_size=6, epochs=1)
+    with pytest.raises(GeobuildError, match="cand_lat"):
+        train(cfg)
+    ok = make_dataset(tmp_path / "ok", n_train=8, n_val=4)
+    # 4 image + 2 gps candidates per query: a group of 7 cannot be filled
+    cfg = TrainConfig(data=str(ok), out=str(tmp_path / "o2"), encoder="thumbnail:4", group_size=7, epochs=1)
+    with pytest.raises(GeobuildError, match="too_few_candidates"):
+        train(cfg)
+    # image candidates only, groups of 4: every row is usable
+    cfg = TrainConfig(data=str(ok), out=str(tmp_path / "o3"), encoder="thumbnail:4", group_size=4, sources=["image"],
+                      epochs=1, d_model=16, layers=1, heads=2)
+    final = train(cfg)
+    assert final["data"]["train_groups"] == 8 and final["data"]["train_skipped"] == {}
+
+
+def test_unknown_model_is_a_clear_error(dataset, tmp_path):
+    res = run_cli("train-ranker", "--data", str(dataset), "--out", str(tmp_path / "x"), "--model", "nope", *SMALL)
+    assert res.exit_code != 0 and "unknown ranker model" in str(res.exception)

@@ -1,0 +1,73 @@
+"""Small stages for testing the pipeline machinery and executors (not collected as tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from geobuild.ledger import reject
+from geobuild.runfolder import atomic_path
+from geobuild.stage import Stage, UnitResult
+
+
+@dataclass
+class MakeStage(Stage):
+    """Makes ``n`` units of ``size`` samples; sample i of a unit is rejected when i % reject_every == 0."""
+
+    n: int = 4
+    size: int = 5
+    reject_every: int = 5
+    salt: str = "a"
+    name = "make"
+
+    def units(self, run):
+        return [f"{i:05d}" for i in range(self.n)]
+
+    def config(self):
+        return {"n": self.n, "size": self.size, "reject_every": self.reject_every, "salt": self.salt}
+
+    def process(self, run, unit):
+        kept, ledger = [], []
+        for i in range(self.size):
+            key = f"{unit}-{i}"
+            if self.reject_every and i % self.reject_every == 0:
+                ledger.append(reject(key, key, "too_small", "toy reject"))
+            else:
+                kept.append(f"{key}:{self.salt}")
+        with atomic_path(run.path("make", f"{unit}.txt")) as tmp:
+            tmp.write_text("\n".join(kept) + "\n")
+        return UnitResult(stats={"samples_in": self.size, "samples_out": len(kept)}, ledger=ledger)
+
+
+@dataclass
+class UpperStage(Stage):
+    """One unit per finished ``make`` unit: upper-cases its lines; fails on units in ``fail``."""
+
+    fail: str = ""
+    kill_once: str = ""
+    flag_dir: str = ""
+    name = "upper"
+
+    def units(self, run):
+        return run.done_units("make")
+
+    def config(self):
+        return {}
+
+    def process(self, run, unit):
+        if unit in self.fail.split(","):
+            raise RuntimeError(f"toy failure in {unit}")
+        if unit in self.kill_once.split(",") and self.flag_dir:
+            flag = Path(self.flag_dir) / f"killed-{unit}"
+            if not flag.exists():
+                flag.parent.mkdir(parents=True, exist_ok=True)
+                flag.write_text(str(os.getpid()))
+                with atomic_path(run.path("upper", f"{unit}.txt")) as tmp:  # killed half-way
+                    tmp.write_text("partial")
+                    os.kill(os.getpid(), signal.SIGKILL)
+        lines = run.path("make", f"{unit}.txt").read_text().split()
+        with atomic_path(run.path("upper", f"{unit}.txt")) as tmp:
+            tmp.write_text("\n".join(x.upper() for x in lines) + "\n")
+        return UnitResult(stats={"samples_in": len(lines), "samples_out": len(lines)})
