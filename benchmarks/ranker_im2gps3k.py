@@ -39,11 +39,16 @@ THRESHOLDS = (1, 25, 200, 750, 2500)
 COMMANDS: list[str] = []
 
 
-def gb(*args: str, log: Path | None = None) -> None:
+SKIP = False  # set when the data pipeline already finished: its commands are recorded, not rerun
+
+
+def gb(*args: str, log: Path | None = None, stage: bool = False) -> None:
     """Run one geobuild command (recorded for the results file); fail loudly."""
     cmd = [sys.executable, "-m", "geobuild", *args]
     shown = "geobuild " + " ".join(shlex.quote(a) for a in args)
     COMMANDS.append(shown)
+    if stage and SKIP:
+        return
     print(f"$ {shown}", flush=True)
     env = dict(os.environ, GEOBUILD_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
     t0 = time.time()
@@ -80,18 +85,23 @@ def split_by_author(work: Path) -> tuple[Path, Path, int, int]:
 def pipeline(work: Path, log: Path, k_image: int, k_gps: int) -> dict:
     g_csv, t_csv, n_gallery, n_test = split_by_author(work)
     gal, test, pub = work / "gallery", work / "test", work / "published"
+    info = {"gallery_photos": n_gallery, "test_photos": n_test}
+    global SKIP
+    if (pub / "dataset" / "manifest.json").exists() and (test / "distances").is_dir():
+        print(f"pipeline already finished in {work}; delete {pub} to redo it", flush=True)
+        SKIP = True
     for run, meta in ((gal, g_csv), (test, t_csv)):
         gb("shard", "--format", "im2gps3k", "--images", str(ZIP), "--metadata", str(meta), "--run", str(run),
-           "--samples-per-shard", "500", log=log)
-        gb("embed", "--run", str(run), "--model", "efficientnet-lite0", "--device", "cpu", log=log)
-    gb("index", "--run", str(gal), "--kind", "flat", "--gps-gallery", "geoclip", "--device", "cpu", log=log)
+           "--samples-per-shard", "500", log=log, stage=True)
+        gb("embed", "--run", str(run), "--model", "efficientnet-lite0", "--device", "cpu", log=log, stage=True)
+    gb("index", "--run", str(gal), "--kind", "flat", "--gps-gallery", "geoclip", "--device", "cpu", log=log, stage=True)
     mine = ["--k-image", str(k_image), "--k-gps", str(k_gps), "--exclude-same-author"]
-    gb("mine", "--run", str(gal), *mine, log=log)
-    gb("mine", "--run", str(test), "--gallery", str(gal), *mine, log=log)
+    gb("mine", "--run", str(gal), *mine, log=log, stage=True)
+    gb("mine", "--run", str(test), "--gallery", str(gal), *mine, log=log, stage=True)
     for run in (gal, test):
-        gb("distances", "--run", str(run), log=log)
-    gb("publish", "--run", str(gal), "--to", str(pub), "--validation-fraction", "0.1", log=log)
-    return {"gallery_photos": n_gallery, "test_photos": n_test}
+        gb("distances", "--run", str(run), log=log, stage=True)
+    gb("publish", "--run", str(gal), "--to", str(pub), "--validation-fraction", "0.1", log=log, stage=True)
+    return info
 
 
 def train_and_eval(work: Path, log: Path, losses: list[str], seeds: list[int], epochs: int, extra: list[str]) -> dict:

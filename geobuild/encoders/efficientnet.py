@@ -56,7 +56,10 @@ class EfficientNetLiteEncoder(Encoder):
     """Image-only encoder; ``model`` is the full classifier (``model(x)`` gives ImageNet logits)."""
 
     def image_features(self, batch):
-        feats = self.model.extract_features(batch)
+        # channels_last is faster for depthwise convolutions on CPU (oneDNN) and on CUDA.
+        import torch
+
+        feats = self.model.extract_features(batch.contiguous(memory_format=torch.channels_last))
         return self.model._avg_pooling(feats).flatten(1)
 
 
@@ -72,9 +75,7 @@ def load_efficientnet_lite(variant: int, device: str) -> EfficientNetLiteEncoder
     if missing or unexpected:
         raise GeobuildError(f"{path} does not match {name} (missing {len(missing)}, unexpected {len(unexpected)} keys)")
     size = int(effnet.EfficientNet.get_image_size(name))
-    model.eval().to(device)
-    if device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
+    model = model.eval().to(device).to(memory_format=torch.channels_last)
     return EfficientNetLiteEncoder(
         spec=name,
         dim=FEATURE_DIM,
