@@ -65,11 +65,11 @@ def parse_shard_spec(spec: str | None) -> list[str] | None:
     return sorted(names)
 
 
-def select_units(available: Iterable[str], spec: str | None, what: str = "units") -> list[str]:
+def select_units(available: Iterable[str], spec: str | None, what: str = "units", hint: str = "") -> list[str]:
     """The units of ``available`` named by ``spec`` (all of them for None/'all').
 
-    Units named in ``spec`` but not available are an error that lists them, so a typo is never
-    silently a no-op.
+    Units named in ``spec`` but not available are an error that lists them (followed by ``hint``,
+    e.g. the command that makes them), so a typo is never silently a no-op.
     """
     available = sorted(available)
     wanted = parse_shard_spec(spec)
@@ -82,5 +82,6 @@ def select_units(available: Iterable[str], spec: str | None, what: str = "units"
         raise GeobuildError(
             f"--shards names {len(missing)} {what} that are not available ({shown}); "
             f"available: {len(available)} ({available[0] + '..' + available[-1] if available else 'none'})"
+            + (f"; {hint}" if hint else "")
         )
     return wanted

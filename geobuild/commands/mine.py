@@ -54,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from ..embeddings import embedded_units, model_info_path
         from ..errors import GeobuildError
         from ..runfolder import RunFolder
-        from ..shardspec import parse_shard_spec, select_units
+        from ..shardspec import select_units
         from ..stage import run_stage
         from ..stages.mine import MineConfig, MineStage, check_models
 
@@ -77,17 +77,9 @@ def register(app: typer.Typer) -> None:
             place_max_km=place_max_km, country_max_km=country_max_km, seed=seed, device=device,
         )
         check_models(rf, cfg)
-        have = embedded_units(rf)
-        wanted = parse_shard_spec(shards)
-        if wanted is not None:
-            missing = [u for u in wanted if u not in have]
-            if missing:
-                shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-                raise GeobuildError(
-                    f"--shards names {len(missing)} shards without finished embeddings in {rf.root} ({shown}); "
-                    f"run: geobuild embed --run {rf.root} --shards {shards}"
-                )
-        units = select_units(have, shards, "embedded shards")
+        units = select_units(
+            embedded_units(rf), shards, "embedded shards", hint=f"run: geobuild embed --run {rf.root}"
+        )
         if not units:
             raise GeobuildError(f"no embedded shards in {rf.root}; run: geobuild embed --run {rf.root}")
         summary = run_stage(MineStage(cfg, units), rf, executor_from(executor, workers, ray_address), units=units, overwrite=overwrite)
