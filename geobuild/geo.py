@@ -17,6 +17,14 @@ def valid_latlon(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     return ok & ~((lat == 0) & (lon == 0))
 
 
+def unit_vectors(lat, lon) -> np.ndarray:
+    """(lat, lon) in degrees -> 3-D unit vectors on the sphere, shape [..., 3]."""
+    lat = np.radians(np.asarray(lat, dtype=np.float64))
+    lon = np.radians(np.asarray(lon, dtype=np.float64))
+    c = np.cos(lat)
+    return np.stack([c * np.cos(lon), c * np.sin(lon), np.sin(lat)], axis=-1)
+
+
 def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
     """Element-wise (broadcasting) haversine distance in km; inputs in degrees."""
     lat1, lon1, lat2, lon2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (lat1, lon1, lat2, lon2))

@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import GeobuildError, require
+from .geo import haversine_matrix_km
 from .spatial import PointTree
 
 # open_clip specs whose image embeddings GeoCLIP's MLP head was trained on (CLIP ViT-L/14, OpenAI).
@@ -76,16 +77,12 @@ def kde_candidates(
     logw = logw - logw.max(axis=1, keepdims=True)
     logw = logw - np.log(np.exp(logw).sum(axis=1, keepdims=True))
     inv2h2 = 0.5 / float(bandwidth_km) ** 2
-    rad = np.radians
     for i in range(n):
         ok = nb_valid[i]
         if not ok.any():
             continue
         cand = np.unique(near[i][ok].ravel())
-        la, lo = rad(tree.lat[cand])[None, :], rad(tree.lon[cand])[None, :]
-        nla, nlo = rad(nb_lat[i, ok])[:, None], rad(nb_lon[i, ok])[:, None]
-        a = np.sin((la - nla) * 0.5) ** 2 + np.cos(nla) * np.cos(la) * np.sin((lo - nlo) * 0.5) ** 2
-        d = 2.0 * 6371.0088 * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))  # [J', C]
+        d = haversine_matrix_km(nb_lat[i, ok], nb_lon[i, ok], tree.lat[cand], tree.lon[cand])  # [J', C]
         logk = logw[i, ok][:, None] - inv2h2 * d * d
         m = logk.max(axis=0)
         logd = m + np.log(np.exp(logk - m).sum(axis=0))

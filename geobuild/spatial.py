@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geo import EARTH_RADIUS_KM, haversine_km
+from .geo import EARTH_RADIUS_KM, haversine_km, unit_vectors
 
 
 def to_xyz(lat, lon) -> np.ndarray:
-    """Unit vectors [n, 3] of degrees ``lat``/``lon``."""
-    la = np.radians(np.asarray(lat, dtype=np.float64).ravel())
-    lo = np.radians(np.asarray(lon, dtype=np.float64).ravel())
-    c = np.cos(la)
-    return np.stack([c * np.cos(lo), c * np.sin(lo), np.sin(la)], axis=1)
+    """Unit vectors [n, 3] of degrees ``lat``/``lon`` (flattened)."""
+    return unit_vectors(np.ravel(lat), np.ravel(lon))
 
 
 def destination(lat, lon, dist_km, bearing_rad) -> tuple[np.ndarray, np.ndarray]:

@@ -9,13 +9,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-
-def unit_vectors(lat, lon) -> np.ndarray:
-    """(lat, lon) in degrees -> 3-D unit vectors on the sphere, shape [..., 3]."""
-    lat = np.radians(np.asarray(lat, dtype=np.float64))
-    lon = np.radians(np.asarray(lon, dtype=np.float64))
-    c = np.cos(lat)
-    return np.stack([c * np.cos(lon), c * np.sin(lon), np.sin(lat)], axis=-1)
+from ..geo import unit_vectors
 
 
 def rff_matrix(dim: int, sigmas: Sequence[float] = (1.0, 4.0, 16.0, 64.0), seed: int = 0) -> np.ndarray:
