@@ -18,7 +18,7 @@ test-fast: setup
 	GEOBUILD_SHARED=$(SHARED) .venv/bin/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
-	GEOBUILD_SHARED=$(SHARED) .venv/bin/python -m benchmarks.run_all
+	GEOBUILD_SHARED=$(SHARED) .venv/bin/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -1,16 +1,28 @@
-"""Distance matrices (query->candidate + candidate x candidate) in pairs/s, against baselines.
+"""Distance matrices (query->candidate + candidate x candidate) per second, against baselines.
 
     python -m benchmarks.bench_distances [--queries 20000] [--group 21] [--geopy-pairs 20000]
 
+Two units are reported for every method. A query with G candidates gets G query->candidate
+distances and a G x G candidate matrix:
+
+- *matrix entries*: G + G^2 per query, what the output holds (and what the stage's ``pairs``
+  stat counts);
+- *distinct pairs*: G + G(G-1)/2 per query, the distances that are actually different (the matrix
+  is symmetric with a zero diagonal; ``geobuild.geodesic.pairwise_km`` computes each unordered
+  pair once and mirrors it for the geodesic method).
+
+Every ratio is a ratio of the time per query group, so it is the same in either unit.
+
 Same process, same data (random queries with G candidates each):
 
-- baseline 1: ``geopy.distance.geodesic`` one pair at a time (what GeoRanker's scripts do);
+- baseline 1: ``geopy.distance.geodesic`` one call per distinct pair (GeoRanker's scripts call it
+  pair by pair; calling it for the diagonal and both halves would double its cost);
 - baseline 2: scikit-learn ``haversine_distances`` per query group;
 - ``geobuild.geodesic`` haversine and WGS-84 geodesic (pyproj), vectorised over many groups;
 - the whole ``distances`` stage unit (Parquet in -> Parquet out) for both methods.
 
-Peak memory of the stage unit is measured in fresh subprocesses for two shard sizes, to show it
-is bounded by ``batch_rows`` rather than the shard size.
+Peak memory of the stage unit is measured in fresh subprocesses for two shard sizes, to show how
+it grows with the shard (the input's row group is decoded whole; see benchmarks/results).
 """
 
 from __future__ import annotations
@@ -36,24 +48,32 @@ def groups(n: int, g: int, seed: int = 0):
     return lat, lon, clat, clon
 
 
-def pairs_per_group(g: int) -> int:
+def entries_per_group(g: int) -> int:
+    """Matrix entries per query: G query distances + the G x G candidate matrix (what is stored)."""
     return g + g * g
 
 
+def distinct_per_group(g: int) -> int:
+    """Distinct distances per query: G query distances + G(G-1)/2 unordered candidate pairs."""
+    return g + g * (g - 1) // 2
+
+
 def geopy_loop(lat, lon, clat, clon, max_pairs: int) -> tuple[float, int]:
+    """geopy, one call per distinct pair, until ``max_pairs`` distinct pairs; (seconds, groups)."""
     from geopy.distance import geodesic
 
-    done = 0
+    done = groups_done = 0
     t = time.perf_counter()
     for i in range(len(lat)):
         q = (lat[i], lon[i])
         pts = list(zip(clat[i], clon[i]))
         _ = [geodesic(q, p).km for p in pts]
-        _ = [[geodesic(a, b).km for b in pts] for a in pts]
-        done += pairs_per_group(len(pts))
+        _ = [geodesic(pts[a], pts[b]).km for a in range(len(pts)) for b in range(a + 1, len(pts))]
+        done += distinct_per_group(len(pts))
+        groups_done += 1
         if done >= max_pairs:
             break
-    return time.perf_counter() - t, done
+    return time.perf_counter() - t, groups_done
 
 
 def sklearn_loop(lat, lon, clat, clon) -> tuple[float, int]:
@@ -64,7 +84,7 @@ def sklearn_loop(lat, lon, clat, clon) -> tuple[float, int]:
         pts = np.radians(np.c_[clat[i], clon[i]])
         _ = haversine_distances(np.radians([[lat[i], lon[i]]]), pts) * 6371.0088
         _ = haversine_distances(pts) * 6371.0088
-    return time.perf_counter() - t, len(lat) * pairs_per_group(clat.shape[1])
+    return time.perf_counter() - t, len(lat)
 
 
 def vectorised(lat, lon, clat, clon, method: str, batch: int = 4096) -> tuple[float, int]:
@@ -75,7 +95,7 @@ def vectorised(lat, lon, clat, clon, method: str, batch: int = 4096) -> tuple[fl
         sl = slice(s, s + batch)
         _ = distance_km(lat[sl, None], lon[sl, None], clat[sl], clon[sl], method).astype(np.float32)
         _ = pairwise_km(clat[sl], clon[sl], method).astype(np.float32)
-    return time.perf_counter() - t, len(lat) * pairs_per_group(clat.shape[1])
+    return time.perf_counter() - t, len(lat)
 
 
 def write_candidates(run, unit: str, lat, lon, clat, clon) -> None:
@@ -122,7 +142,7 @@ def stage_unit(root: str, method: str, batch_rows: int) -> dict:
     s = run_stage(DistancesStage(DistancesConfig(method=method, batch_rows=batch_rows)), run, overwrite=True)
     secs = time.perf_counter() - t
     st = s.stats["00000"]
-    return {"method": method, "seconds": secs, "rows": st["rows"], "pairs": st["pairs"], "pairs_per_s": st["pairs"] / secs,
+    return {"method": method, "seconds": secs, "rows": st["rows"], "entries": st["pairs"], "entries_per_s": st["pairs"] / secs,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -130,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--queries", type=int, default=20000)
     ap.add_argument("--group", type=int, default=21, help="candidates per query (G)")
-    ap.add_argument("--geopy-pairs", type=int, default=20000, help="pairs timed with the geopy loop")
+    ap.add_argument("--geopy-pairs", type=int, default=20000, help="distinct pairs timed with the geopy loop")
     ap.add_argument("--stage-sizes", type=int, nargs="+", default=[20000, 80000], help="shard sizes for the stage runs")
     ap.add_argument("--batch-rows", type=int, default=4096)
     ap.add_argument("--stage-child", nargs=3, metavar=("ROOT", "METHOD", "BATCH"), help=argparse.SUPPRESS)
@@ -140,24 +160,32 @@ def main() -> None:
         print(json.dumps(stage_unit(args.stage_child[0], args.stage_child[1], int(args.stage_child[2]))))
         return
 
-    lat, lon, clat, clon = groups(args.queries, args.group)
-    out: dict = {"queries": args.queries, "G": args.group, "pairs_per_query": pairs_per_group(args.group)}
-    t, n = geopy_loop(lat, lon, clat, clon, args.geopy_pairs)
-    out["geopy_loop_pairs_per_s"] = n / t
-    t, n = sklearn_loop(lat[:2000], lon[:2000], clat[:2000], clon[:2000])
-    out["sklearn_haversine_pairs_per_s"] = n / t
+    g = args.group
+    lat, lon, clat, clon = groups(args.queries, g)
+    out: dict = {"queries": args.queries, "G": g, "entries_per_query": entries_per_group(g),
+                 "distinct_pairs_per_query": distinct_per_group(g)}
+
+    def rates(key: str, seconds: float, n_groups: int) -> float:
+        """Record both units for ``n_groups`` query groups done in ``seconds``; groups/s."""
+        out[f"{key}_groups"] = n_groups
+        out[f"{key}_seconds"] = seconds
+        out[f"{key}_entries_per_s"] = n_groups * entries_per_group(g) / seconds
+        out[f"{key}_distinct_pairs_per_s"] = n_groups * distinct_per_group(g) / seconds
+        return n_groups / seconds
+
+    geopy = rates("geopy_loop", *geopy_loop(lat, lon, clat, clon, args.geopy_pairs))
+    sk = rates("sklearn_haversine", *sklearn_loop(lat[:2000], lon[:2000], clat[:2000], clon[:2000]))
     for method in ("haversine", "geodesic"):
-        t, n = vectorised(lat, lon, clat, clon, method)
-        out[f"geobuild_{method}_pairs_per_s"] = n / t
-        out[f"geobuild_{method}_vs_geopy"] = (n / t) / out["geopy_loop_pairs_per_s"]
-        out[f"geobuild_{method}_vs_sklearn"] = (n / t) / out["sklearn_haversine_pairs_per_s"]
+        r = rates(f"geobuild_{method}", *vectorised(lat, lon, clat, clon, method))
+        out[f"geobuild_{method}_vs_geopy"] = r / geopy
+        out[f"geobuild_{method}_vs_sklearn"] = r / sk
     stage = []
     with tempfile.TemporaryDirectory() as tmp:
         from geobuild.runfolder import RunFolder
 
         for size in args.stage_sizes:
             root = os.path.join(tmp, f"run{size}")
-            la, lo, cla, clo = groups(size, args.group, seed=size)
+            la, lo, cla, clo = groups(size, g, seed=size)
             write_candidates(RunFolder(root), "00000", la, lo, cla, clo)
             for method in ("haversine", "geodesic"):
                 r = subprocess.run(
@@ -165,8 +193,11 @@ def main() -> None:
                     capture_output=True, text=True, check=True, env=dict(os.environ, GEOBUILD_NO_PROGRESS="1"),
                 )
                 res = json.loads(r.stdout.strip().splitlines()[-1])
+                assert res["entries"] == res["rows"] * entries_per_group(g), res
                 res["shard_rows"] = size
-                res["vs_geopy"] = res["pairs_per_s"] / out["geopy_loop_pairs_per_s"]
+                res["distinct_pairs"] = res["rows"] * distinct_per_group(g)
+                res["distinct_pairs_per_s"] = res["distinct_pairs"] / res["seconds"]
+                res["vs_geopy"] = (res["rows"] / res["seconds"]) / geopy
                 stage.append(res)
     out["stage_unit"] = stage
     print(json.dumps(out, indent=1))

@@ -117,14 +117,15 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"device={enc.device} model={args.model} images={args.images} batch={args.batch_size} "
+    gpu = torch.cuda.get_device_name(torch.device(enc.device)) if str(enc.device).startswith("cuda") else "none"
+    print(f"device={enc.device} gpu={gpu!r} model={args.model} images={args.images} batch={args.batch_size} "
           f"cpus={os.cpu_count()} load_avg={os.getloadavg()[0]:.1f} peak_rss_mb={peak_mb:.0f}")
     print("| torch threads | decode workers | forward img/s | embed img/s | ratio (median) | ratios |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['threads']} | {r['num_workers']} | {r['forward_ips']} | {r['embed_ips']} | {r['ratio']} | {r['ratios']} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "peak_rss_mb": peak_mb}, indent=2))
+        Path(args.json).write_text(json.dumps({"rows": rows, "peak_rss_mb": peak_mb, "device": str(enc.device), "gpu": gpu}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Gallery search throughput and approximate-index recall, against a plain numpy baseline.
 
-    python -m benchmarks.bench_search [--sizes 3000 100000] [--dim 1280] [--queries 1000]
+    python -m benchmarks.bench_search [--sizes 3000 100000] [--dim 1280] [--queries 1000] [--device cpu|cuda|auto]
 
 For each gallery size, in one process and on the same synthetic data (clustered, low-rank,
 L2-normalised vectors, like image embeddings):
 
 - baseline: one numpy matmul of all queries against the gallery + argpartition/argsort top-10;
 - ``geobuild.gallery``: the index stage's flat index built through ``IndexStage`` and searched
-  with ``load_gallery(...).search`` (faiss CPU);
+  with ``load_gallery(..., device=--device).search`` (faiss CPU by default; the backend used is
+  reported as ``gallery_backend``);
 - ``geobuild.knn.topk_numpy``: the chunked exact numpy path (bounded memory);
 - IVF-PQ (with SQ8 re-ranking) and HNSW built through the stage: recall@10 against exact search,
-  queries/s, build seconds.
+  queries/s, build seconds;
+- when a GPU is present (whatever ``--device``): the same flat gallery searched with torch on
+  CUDA (``geobuild.knn.TorchGallery``) and, with a faiss GPU build, with faiss-GPU (flat and
+  IVF-PQ), each with its queries/s, ratio to the baseline and recall@10 against it.
 
 Speed is reported as queries/s and as a ratio to the baseline; memory as peak RSS.
 """
@@ -83,7 +87,53 @@ def write_run(root: str, x: np.ndarray, per_unit: int = 50_000):
     return run
 
 
-def bench_size(n: int, dim: int, n_queries: int, nlist: int, pq_m: int, approx: bool) -> dict:
+def gpu_info() -> dict:
+    """What GPU search can use here: torch CUDA (and the device name), faiss GPUs."""
+    from geobuild import faiss_index as fi
+
+    try:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+        name = torch.cuda.get_device_name(0) if cuda else None
+    except ImportError:  # pragma: no cover
+        cuda, name = False, None
+    return {"torch_cuda": cuda, "gpu": name, "faiss_gpus": fi.num_gpus()}
+
+
+def gpu_rows(run, x: np.ndarray, q: np.ndarray, r_base: np.ndarray, t_base: float, gpu: dict, tmp: str,
+             nlist: int, pq_m: int, approx: bool) -> dict:
+    """torch-CUDA and faiss-GPU search of the same gallery (empty without a GPU)."""
+    from geobuild.gallery import load_gallery
+    from geobuild.knn import TorchGallery, recall_at_k
+    from geobuild.stage import run_stage
+    from geobuild.stages.index import IndexConfig, IndexStage
+
+    out: dict = {}
+    n_queries = q.shape[0]
+
+    def row(search) -> dict:
+        search()  # warm-up: CUDA context, kernels, transfers
+        t, (_, r) = timed(search)
+        return {"qps": n_queries / t, "vs_numpy": t_base / t, "recall@10_vs_numpy": recall_at_k(r, r_base)}
+
+    if gpu["torch_cuda"]:
+        tg = TorchGallery(x, device="cuda")
+        out["torch_cuda_flat"] = row(lambda: tg.search(q, 10))
+        del tg
+    if gpu["faiss_gpus"] > 0:
+        g = load_gallery(run, device="cuda")
+        out["faiss_gpu_flat"] = dict(row(lambda: g.search(q, 10)), backend=g.backend)
+        if approx:
+            run_k = write_run(os.path.join(tmp, "run_ivfpq_gpu"), x)
+            run_stage(IndexStage(IndexConfig(kind="ivfpq", gps_gallery="none", recall_sample=500, nlist=nlist, pq_m=pq_m)), run_k)
+            gk = load_gallery(run_k, device="cuda")
+            out["faiss_gpu_ivfpq"] = dict(row(lambda: gk.search(q, 10)), backend=gk.backend)
+    return out
+
+
+def bench_size(n: int, dim: int, n_queries: int, nlist: int, pq_m: int, approx: bool, device: str = "cpu",
+               gpu: dict | None = None) -> dict:
     from geobuild.gallery import load_gallery
     from geobuild.knn import recall_at_k, topk_numpy
     from geobuild.stage import run_stage
@@ -91,7 +141,7 @@ def bench_size(n: int, dim: int, n_queries: int, nlist: int, pq_m: int, approx: 
 
     x = clustered(n, dim, seed=1).astype(np.float16).astype(np.float32)  # what the index stores
     q = clustered(n_queries, dim, seed=2)
-    res: dict = {"n": n, "dim": dim, "queries": n_queries}
+    res: dict = {"n": n, "dim": dim, "queries": n_queries, "device": device}
     t_base, (_, r_base) = timed(lambda: numpy_baseline(x, q))
     res["numpy_baseline_qps"] = n_queries / t_base
     t_chunk, (_, r_chunk) = timed(lambda: topk_numpy((x[i : i + 65536] for i in range(0, n, 65536)), q, 10))
@@ -102,7 +152,8 @@ def bench_size(n: int, dim: int, n_queries: int, nlist: int, pq_m: int, approx: 
         t = time.perf_counter()
         run_stage(IndexStage(IndexConfig(kind="flat", gps_gallery="none")), run)
         res["flat_build_s"] = time.perf_counter() - t
-        g = load_gallery(run, device="cpu")
+        g = load_gallery(run, device=device)
+        res["gallery_backend"] = g.backend
         t_flat, (_, r_flat) = timed(lambda: g.search(q, 10))
         res["gallery_flat_qps"] = n_queries / t_flat
         res["gallery_flat_vs_numpy"] = t_base / t_flat
@@ -113,7 +164,7 @@ def bench_size(n: int, dim: int, n_queries: int, nlist: int, pq_m: int, approx: 
                 t = time.perf_counter()
                 run_stage(IndexStage(IndexConfig(kind=kind, gps_gallery="none", recall_sample=500, **extra)), run_k)
                 build = time.perf_counter() - t
-                gk = load_gallery(run_k, device="cpu")
+                gk = load_gallery(run_k, device=device)
                 t_k, (_, r_k) = timed(lambda: gk.search(q, 10))
                 res[kind] = {
                     "build_s": build,
@@ -124,7 +175,10 @@ def bench_size(n: int, dim: int, n_queries: int, nlist: int, pq_m: int, approx: 
                     "qps": n_queries / t_k,
                     "vs_numpy": t_base / t_k,
                     "index_mb": os.path.getsize(run_k.path("index", "gallery.faiss")) / 2**20,
+                    "backend": gk.backend,
                 }
+        if gpu and (gpu["torch_cuda"] or gpu["faiss_gpus"] > 0):
+            res["gpu"] = gpu_rows(run, x, q, r_base, t_base, gpu, tmp, nlist, pq_m, approx)
     res["peak_rss_mb"] = peak_rss_mb()
     return res
 
@@ -137,16 +191,21 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=256, help="IVF lists for the IVF-PQ run")
     ap.add_argument("--pq-m", type=int, default=64, help="PQ sub-quantizers for the IVF-PQ run")
     ap.add_argument("--approx-min", type=int, default=50_000, help="build IVF-PQ/HNSW for sizes >= this")
+    ap.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu",
+                    help="where load_gallery searches in the main rows (GPU rows are added whenever a GPU is present)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
     import faiss
-    import torch
 
-    print(f"faiss {faiss.__version__}, faiss GPUs: {faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0}, "
-          f"torch CUDA: {torch.cuda.is_available()}, cpus: {os.cpu_count()}")
+    gpu = gpu_info()
+    print(f"faiss {faiss.__version__}, faiss GPUs: {gpu['faiss_gpus']}, torch CUDA: {gpu['torch_cuda']}, "
+          f"GPU: {gpu['gpu'] or 'none'}, device: {args.device}, cpus: {os.cpu_count()}")
+    if args.device == "cuda" and not (gpu["torch_cuda"] or gpu["faiss_gpus"]):
+        raise SystemExit("error: --device cuda: no GPU here (torch CUDA unavailable, faiss has no GPUs)")
     out = []
     for n in args.sizes:
-        r = bench_size(n, args.dim, args.queries, args.nlist, args.pq_m, approx=n >= args.approx_min)
+        r = bench_size(n, args.dim, args.queries, args.nlist, args.pq_m, approx=n >= args.approx_min, device=args.device, gpu=gpu)
+        r["gpu_name"] = gpu["gpu"]
         out.append(r)
         print(json.dumps(r, indent=1))
     if args.json:

@@ -42,12 +42,12 @@ COMMANDS: list[str] = []
 SKIP = False  # set when the data pipeline already finished: its commands are recorded, not rerun
 
 
-def gb(*args: str, log: Path | None = None, stage: bool = False) -> None:
-    """Run one geobuild command (recorded for the results file); fail loudly."""
+def gb(*args: str, log: Path | None = None, stage: bool = False, done: bool = False) -> None:
+    """Run one geobuild command (always recorded for the results file; skipped when ``done``); fail loudly."""
     cmd = [sys.executable, "-m", "geobuild", *args]
     shown = "geobuild " + " ".join(shlex.quote(a) for a in args)
     COMMANDS.append(shown)
-    if stage and SKIP:
+    if done or (stage and SKIP):
         return
     print(f"$ {shown}", flush=True)
     env = dict(os.environ, GEOBUILD_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
@@ -104,21 +104,22 @@ def pipeline(work: Path, log: Path, k_image: int, k_gps: int) -> dict:
     return info
 
 
-def train_and_eval(work: Path, log: Path, losses: list[str], seeds: list[int], epochs: int, extra: list[str]) -> dict:
+def train_and_eval(work: Path, log: Path, losses: list[str], seeds: list[int], epochs: int, extra: list[str],
+                   tag: str = "") -> dict:
     pub, gal, test = work / "published", work / "gallery", work / "test"
     cache = work / "embed-cache"
     results: dict[str, list[dict]] = {}
     for loss in losses:
         for seed in seeds:
-            out = work / "train" / f"{loss}-seed{seed}"
-            if not (out / "final.json").exists():
-                resume = ["--resume"] if (out / "checkpoints" / "last.pt").exists() else []
-                gb("train-ranker", "--data", str(pub), "--out", str(out), "--loss", loss, "--seed", str(seed),
-                   "--epochs", str(epochs), "--embed-cache", str(cache), *extra, *resume, log=log)
-            report = work / "eval" / f"{loss}-seed{seed}.json"
-            if not report.exists():
-                gb("eval", "--checkpoint", str(out), "--run", str(test), "--gallery", str(gal),
-                   "--cache", str(cache), "--out", str(report), log=log)
+            name = f"{tag + '-' if tag else ''}{loss}-seed{seed}-{epochs}ep"
+            out = work / "train" / name
+            finished = (out / "final.json").exists()
+            resume = ["--resume"] if not finished and (out / "checkpoints" / "last.pt").exists() else []
+            gb("train-ranker", "--data", str(pub), "--out", str(out), "--loss", loss, "--seed", str(seed),
+               "--epochs", str(epochs), "--embed-cache", str(cache), *extra, *resume, log=log, done=finished)
+            report = work / "eval" / f"{name}.json"
+            gb("eval", "--checkpoint", str(out), "--run", str(test), "--gallery", str(gal),
+               "--cache", str(cache), "--out", str(report), log=log, done=report.exists())
             results.setdefault(loss, []).append(json.loads(report.read_text()))
     return results
 
@@ -134,13 +135,14 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float) -
     first = next(iter(results.values()))[0]
     base = first["info"]
     lines = [
-        "# Compact ranker on IM2GPS3K (split by author)",
+        f"# Compact ranker on IM2GPS3K (split by author, {args.epochs} epochs{', ' + args.label if args.label else ''})",
         "",
         f"Command: `python -m benchmarks.ranker_im2gps3k {' '.join(sys.argv[1:])}`".rstrip() + " (from the repository root)",
         "",
         f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores (shared with other jobs), "
         f"Python {platform.python_version()}; CPU only (no GPU in this environment, so no GPU figures). "
-        f"Wall time of this invocation: {seconds / 60:.1f} min.",
+        f"Wall time of this invocation: {seconds / 60:.1f} min"
+        + (" (the data pipeline, and any finished training or evaluation, was reused from an earlier invocation)." if SKIP else "."),
         "",
         "## Setup",
         "",
@@ -197,6 +199,8 @@ def main() -> None:
     ap.add_argument("--k-image", type=int, default=10, help="Image candidates mined per query.")
     ap.add_argument("--k-gps", type=int, default=10, help="GPS candidates mined per query.")
     ap.add_argument("--group-size", type=int, default=8, help="Candidates per ranked group.")
+    ap.add_argument("--train-args", default="", help="Extra train-ranker options, e.g. '--location geoclip'.")
+    ap.add_argument("--label", default="", help="Label for the results heading.")
     ap.add_argument("--until", choices=("pipeline", "all"), default="all", help="Stop after the data pipeline.")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -210,8 +214,8 @@ def main() -> None:
     info = pipeline(work, log, args.k_image, args.k_gps)
     if args.until == "pipeline":
         return
-    extra = ["--group-size", str(args.group_size)]
-    results = train_and_eval(work, log, losses, args.seeds, args.epochs, extra)
+    extra = ["--group-size", str(args.group_size), *shlex.split(args.train_args)]
+    results = train_and_eval(work, log, losses, args.seeds, args.epochs, extra, tag=args.label.replace(" ", "_"))
     write_results(args.out, results, info, args, time.time() - t0)
 
 

@@ -51,11 +51,16 @@ _register_commands()
 
 
 def main() -> None:
-    """Console entry point: a GeobuildError ends with one line on stderr and exit status 2."""
+    """Console entry point: a GeobuildError (or an uncaught OSError) ends with one line on stderr
+    and exit status 2."""
     try:
         app()
     except GeobuildError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # a file-system problem the code did not turn into a GeobuildError
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume", err=True)

@@ -62,7 +62,21 @@ def read_model_info(run: RunFolder | str | Path) -> dict[str, Any]:
     path = model_info_path(run)
     if not path.exists():
         raise GeobuildError(f"no embeddings in {_run(run).root} ({path.name} missing); run geobuild embed first")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_text())
+        why = "" if isinstance(info, dict) else "not a JSON object"
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        why = str(exc)
+    if why:
+        rf = _run(run)
+        raise GeobuildError(
+            f"unreadable embedding model info {path} ({why}); redo the embeddings: remove {path} and "
+            f"{rf.path('done', 'embed')}, then run: geobuild embed --run {rf.root} (with the same --model)"
+        )
+    from .schemas import check_json
+
+    check_json(info, "embeddings_model", str(path))  # files without schema_version are accepted
+    return info
 
 
 def write_model_info(run: RunFolder | str | Path, info: dict[str, Any]) -> None:

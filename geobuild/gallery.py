@@ -11,7 +11,6 @@ with torch on CUDA when available, else on the CPU with faiss.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import pandas as pd
 
 from .errors import GeobuildError
 from .log import get_logger
-from .runfolder import RunFolder
+from .runfolder import RunFolder, read_json
 
 log = get_logger("gallery")
 
@@ -109,7 +108,7 @@ def load_gallery(
 ) -> Gallery:
     """Load ``index/gallery.faiss`` + ``ids.parquet`` + ``info.json`` of ``run`` for searching."""
     from . import faiss_index as fi
-    from .schemas import check
+    from .schemas import check, check_json
 
     if device not in DEVICES:
         raise GeobuildError(f"unknown device '{device}' (choose auto, cpu or cuda)")
@@ -119,7 +118,8 @@ def load_gallery(
     if missing:
         raise GeobuildError(f"no gallery index in {run.root} (missing {missing[0]}); run: geobuild index --run {run.root}")
     faiss = fi.faiss_module()
-    info = json.loads(paths[INFO_FILE].read_text())
+    info = read_json(paths[INFO_FILE], f"rebuild it: geobuild index --run {run.root} --overwrite")
+    check_json(info, "index_info", str(paths[INFO_FILE]))  # files without schema_version are accepted
     import pyarrow.parquet as pq
 
     ids = pq.read_table(paths[IDS_FILE])
@@ -193,7 +193,7 @@ def load_gps_gallery(run: RunFolder | str | os.PathLike, features: bool = True, 
     """Load ``index/gps_gallery.parquet`` (lat, lon) and, if present, ``gps_gallery.npy`` features."""
     import pyarrow.parquet as pq
 
-    from .schemas import check
+    from .schemas import check, check_json
 
     run = _run(run)
     path = index_path(run, GPS_FILE)
@@ -204,7 +204,8 @@ def load_gps_gallery(run: RunFolder | str | os.PathLike, features: bool = True, 
     lat = table.column("lat").to_numpy()
     lon = table.column("lon").to_numpy()
     info_p = index_path(run, GPS_INFO_FILE)
-    info = json.loads(info_p.read_text()) if info_p.exists() else {}
+    info = read_json(info_p, f"rebuild it: geobuild index --run {run.root} --overwrite") if info_p.exists() else {}
+    check_json(info, "gps_info", str(info_p))
     feats = None
     fpath = index_path(run, GPS_FEATURES_FILE)
     if features and fpath.exists():

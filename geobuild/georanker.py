@@ -10,13 +10,21 @@ Entry layout written here, per query::
     0                      the query itself (its id, GPS and location text)
     1 .. group_size        the group: image and GPS candidates interleaved by rank
                            (image 0, gps 0, image 1, gps 1, ...), whose last ``group_negatives``
-                           slots hold distance-band negatives (regional, far, near, ... in turn),
-                           so every group holds both close and distant locations
+                           (default 2) slots hold distance-band negatives taken near, far,
+                           regional, near, ... in turn (``BAND_ORDER``)
     ...                    the remaining image / GPS candidates, by rank
-    last entries           the remaining band negatives (at least ``tail`` entries follow the group)
+    last entries           the remaining band negatives (regional first, with the default mining)
 
-A query with fewer than ``group_size + tail`` candidates cannot satisfy those reads and is
-dropped (returned in ``dropped``, with a reason).
+So with ``group_negatives >= 2`` the group holds a ``near`` (< 25 km by default) and a ``far``
+(>= 750 km) negative whenever the query has negatives in both bands, even when every image
+neighbour is far away; a band the miner found no point for is skipped and the next band takes its
+slot. Negatives without a band come after all banded ones. When there are fewer than
+``group_size - group_negatives`` image/GPS candidates, more negatives fill the group.
+
+Every query written has at least ``group_size + tail`` candidates, i.e. at least
+``1 + group_size + tail`` entries (13 by default), so the last ``tail`` entries never overlap
+entries ``1..group_size``. A query with fewer candidates cannot satisfy those reads and is dropped
+(returned in ``dropped``, status ``too_few_candidates``).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ import pyarrow as pa
 GROUP_SIZE = 7
 TAIL = 5
 SCHEMA = "georanking"
-BAND_ORDER = ("regional", "far", "near")
+#: the group takes its negatives in this order: a close and a distant location first
+BAND_ORDER = ("near", "far", "regional")
 
 
 @dataclass
@@ -55,7 +64,7 @@ def _interleave(a: list[int], b: list[int]) -> list[int]:
 
 
 def _band_round_robin(neg: list[int], bands: list[str | None]) -> list[int]:
-    """Negatives ordered regional, far, near, regional, far, ... (then any other band)."""
+    """Negatives ordered near, far, regional, near, far, ... (then those of any other band, or none)."""
     queues = {b: [i for i in neg if bands[i] == b] for b in BAND_ORDER}
     others = [i for i in neg if bands[i] not in BAND_ORDER]
     out = []

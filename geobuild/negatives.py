@@ -1,13 +1,17 @@
-"""Distance-band negatives: candidates drawn at chosen distances from the query, so every ranking
-group holds both close and distant locations.
+"""Distance-band negatives: candidates drawn at chosen distances from the query, so a ranking group
+can hold both close and distant locations (:mod:`geobuild.georanker` puts a ``near`` and a ``far``
+one, when the query has both, in its GeoRanking group).
 
 Default bands (km from the query): ``near`` [0, 25), ``regional`` [25, 750), ``far`` [750, 20040].
 For each query and band, target points are drawn uniformly by area in the band's annulus around
 the query and snapped to the nearest point of a pool (gallery photos and/or GPS-gallery points); a
 snapped point is kept when its true distance lies in the band, it is not the query itself and it
-was not taken already. A band with no pool point near enough falls back to the query's nearest pool
-points inside the band. Draws are seeded by ``(seed, crc32(query key))``, so each query's negatives
-do not depend on which other queries share its shard.
+was not taken already. Only the ``near`` band (the one starting at 0 km) falls back, when its draws
+come up short, to the query's nearest ``fallback_k`` pool points inside the band; a ``regional`` or
+``far`` band keeps what its draws found and the shortfall is counted in ``NegativePick.short``
+(the ``negatives_short`` statistic of the mine stage). Draws are seeded by
+``(seed, crc32(query key))``, so each query's negatives do not depend on which other queries share
+its shard.
 """
 
 from __future__ import annotations

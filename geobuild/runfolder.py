@@ -88,6 +88,7 @@ class RunFolder:
         A changed configuration would mix outputs made two ways, so it is refused with a clear
         error. With ``overwrite`` the stage's markers are removed and the new config recorded.
         """
+        self.ensure_root()
         new = _plain(config)
         current = self.read_config()
         old = current.get(section)
@@ -101,10 +102,19 @@ class RunFolder:
                 )
             self.reset_stage(section)
         current[section] = new
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.ensure_root()
         with atomic_path(self.config_path) as tmp:
             with open(tmp, "w") as f:
                 yaml.safe_dump(current, f, sort_keys=False)
+
+    def ensure_root(self) -> None:
+        """Create the run folder; an existing path that is not a folder is a GeobuildError."""
+        if self.root.exists() and not self.root.is_dir():
+            raise GeobuildError(f"--out/--run path {self.root} exists and is not a run folder (it is a file); pick another path")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GeobuildError(f"cannot create run folder {self.root}: {exc.strerror or exc}") from None
 
     def reset_stage(self, stage: str) -> None:
         """Forget a stage's completion markers so every unit is redone."""
@@ -164,3 +174,14 @@ def remove_stale_temps(folder: str | os.PathLike) -> int:
             p.unlink(missing_ok=True)
             n += 1
     return n
+
+
+def read_json(path: Path, redo: str) -> dict[str, Any]:
+    """A JSON object written by a stage; a damaged or foreign file is a GeobuildError saying how to redo it."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GeobuildError(f"unreadable {path} ({exc}); {redo}") from None
+    if not isinstance(doc, dict):
+        raise GeobuildError(f"{path} does not hold a JSON object; {redo}")
+    return doc

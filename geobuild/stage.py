@@ -55,6 +55,21 @@ class Stage:
         """Called once after every unit succeeded (e.g. write sizes.json, merge stats)."""
 
 
+#: a resources key for executors that schedule GPUs (Ray): this many GPUs per unit when the cluster
+#: has them, else none (and no warning); how ``device: auto`` asks for a GPU
+GPU_IF_AVAILABLE = "num_gpus_if_available"
+
+
+def device_resources(device: str, num_cpus: float = 1.0) -> dict[str, float]:
+    """A unit's resources for a stage running on ``device``: one GPU on ``cuda``/``cuda:N``; on
+    ``auto`` one GPU if the cluster has any (decided by the executor, see :data:`GPU_IF_AVAILABLE`);
+    none otherwise (``cpu``)."""
+    res = {"num_cpus": float(num_cpus), "num_gpus": 1.0 if str(device).startswith("cuda") else 0.0}
+    if device == "auto":
+        res[GPU_IF_AVAILABLE] = 1.0
+    return res
+
+
 def execute_unit(stage: Stage, run: RunFolder, unit: str) -> dict[str, Any]:
     """Run one unit and commit it: ledger, then stats, then the completion marker (last)."""
     t0 = time.time()

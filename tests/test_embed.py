@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from embed_helpers import TINY_CLIP, jpeg_bytes, tiny_clip_dir, write_shards
+from embed_helpers import TINY_CLIP, tiny_clip_dir, write_shards
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,6 +108,21 @@ def test_tiny_open_clip_end_to_end(tmp_path):
     res = cli("embed", "--run", str(run), "--model", spec, "--num-workers", "0", "--dtype", "float32")
     assert res.exit_code == 0 and "2 skipped" in res.output
     assert (run / "embeddings" / "00000.npy").read_bytes() == before
+
+    # ... and on through the index stage: every gallery vector finds itself first
+    from geobuild.gallery import load_gallery
+
+    res = cli("index", "--run", str(run), "--gps-gallery", "none", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    gallery = load_gallery(run, device="cpu")
+    assert gallery.info["ntotal"] == len(seen_keys) and gallery.dim == TINY_CLIP["embed_dim"] and gallery.model == spec
+    assert gallery.info["schema_version"] == 1 and gallery.info["embedding_units"] == ["00000", "00001"]
+    vecs = np.concatenate([read_embeddings(run, u)[0] for u in ("00000", "00001")]).astype(np.float32)
+    scores, rows = gallery.search(vecs, 3)
+    assert list(gallery.meta["key"]) == seen_keys
+    np.testing.assert_array_equal(rows[:, 0], np.arange(len(seen_keys)))
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+    assert not (run / "index" / "gps_gallery.parquet").exists()
 
 
 def test_open_clip_checkpoint_path_and_config_json(tmp_path):

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from _mine_fixtures import base_run_copy
+from _mine_fixtures import CITIES, Photo, base_run_copy, build_run, make_photos
+from georanker_reads import check_georanker_row
 from geobuild.cli import app
-from geobuild.georanker import GeorankerOptions, candidates_to_georanking, entry_order, negative_example_texts
+from geobuild.georanker import GeorankerOptions, candidates_to_georanking, entry_order
 from geobuild.schemas import arrow_schema, check
 
 runner = CliRunner()
-GROUP_SIZE = 7
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +38,43 @@ def test_export_loads_with_datasets_and_satisfies_georanker_reads(mined, tmp_pat
     assert ds.column_names == ["img_id", "gps", "ref_gps", "ref_img_id", "ref_texts"]
     assert len(ds) == 48
     for row in ds:
-        # entry 0 is the query's own hit
-        assert row["ref_img_id"][0] == row["img_id"]
-        assert row["ref_gps"][0] == row["gps"]
-        n = len(row["ref_gps"])
-        assert len(row["ref_img_id"]) == n == len(row["ref_texts"])
-        # the trainer: skip entry 0, rank entries 1..group_size
-        group = list(zip(row["ref_gps"][1 : GROUP_SIZE + 1], row["ref_img_id"][1 : GROUP_SIZE + 1], row["ref_texts"][1 : GROUP_SIZE + 1]))
-        assert len(group) == GROUP_SIZE
-        assert row["img_id"] not in [g[1] for g in group]
-        lat, lon = row["gps"]
-        d = [_km(lat, lon, g[0][0], g[0][1]) for g in group]
-        assert min(d) < 25 and max(d) > 750  # close and distant locations in every group
-        # ... and show the last 5 as negative examples text
-        neg = [f"latitude: {g[0]}, longitude: {g[1]}, {' '.join(t)}" for g, t in zip(row["ref_gps"][-5:], row["ref_texts"][-5:])]
-        assert len(neg) == 5 and all(s.startswith("latitude: ") for s in neg)
-        assert neg == negative_example_texts(row)
-        assert n - 1 >= GROUP_SIZE + 5  # the tail does not overlap the group
-        assert all(isinstance(t, str) for texts in row["ref_texts"] for t in texts)
+        check_georanker_row(row, close_and_far=True)  # image neighbours close, far band negative in the group
 
+
+@pytest.fixture(scope="module")
+def mined_far(tmp_path_factory):
+    """Every image neighbour (and so every GPS candidate) of every query is in another city, > 3000 km
+    away: the 6 photos sharing an embedding direction sit in the 6 different cities."""
+    names = list(CITIES)
+    photos = []
+    for p in make_photos(per_city=len(names)):
+        home, far = CITIES[p.city], CITIES[names[(names.index(p.city) + int(p.key[-3:])) % len(names)]]
+        photos.append(Photo(p.key, p.id, far[0] + p.lat - home[0], far[1] + p.lon - home[1], p.author, p.vec, p.city))
+    root = tmp_path_factory.mktemp("gr-far") / "run"
+    run, _ = build_run(root, photos)
+    res = runner.invoke(app, ["mine", "--run", str(root), "--k-image", "5", "--k-gps", "3", "--kde-neighbours", "5"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return run
+
+
+def test_group_holds_a_near_negative_when_all_image_neighbours_are_far(mined_far, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets
+
+    cand = pa.concat_tables([pq.read_table(p) for p in sorted(mined_far.path("candidates").glob("*.parquet"))])
+    for row in cand.to_pylist():  # the fixture: image/GPS candidates all far, negatives in every band
+        km = [_km(row["lat"], row["lon"], la, lo) for la, lo in zip(row["cand_lat"], row["cand_lon"])]
+        assert min(k for k, s in zip(km, row["cand_source"]) if s != "negative") > 750
+        assert {"near", "regional", "far"} <= set(row["cand_band"])
+    out = tmp_path / "georanking.parquet"
+    res = runner.invoke(app, ["export", "georanker", "--run", str(mined_far.root), "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    ds = datasets.load_dataset("parquet", data_files=str(out), split="train", cache_dir=str(tmp_path / "hf-cache"))
+    assert len(ds) == cand.num_rows == 36
+    queries = {r["id"]: (r["lat"], r["lon"]) for r in cand.to_pylist()}
+    for row in ds:
+        check_georanker_row(row, query=queries[row["img_id"]], close_and_far=True)
 
 def test_export_folder_one_file_per_shard(mined, tmp_path):
     import pyarrow.parquet as pq
@@ -77,7 +96,7 @@ def test_group_layout_and_too_few_candidates():
     band = [None] * 8 + ["near", "regional", "far", "far"]
     order = entry_order(src, rank, band, opts)
     assert order[:5] == [0, 4, 1, 5, 2]  # image/gps interleaved by rank
-    assert [band[i] for i in order[5:7]] == ["regional", "far"]
+    assert [band[i] for i in order[5:7]] == ["near", "far"]  # a close and a distant negative in the group
     assert sorted(order) == list(range(12))
     assert [src[i] for i in order[-2:]] == ["negative", "negative"]
     assert entry_order(src[:11], rank[:11], band[:11], opts) is None

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from georanker_reads import check_georanker_row
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
@@ -62,6 +64,25 @@ def test_sample_pipeline_end_to_end(shared, tmp_path):
     files = sorted(str(p) for p in (out / "publish" / "dataset" / "candidates").glob("*.parquet"))
     ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=str(tmp_path / "hf"))
     assert len(ds) == mined
+    # both configs through the repository's own card; GeoRanker's reads on every row
+    dataset_dir = out / "publish" / "dataset"
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    dd = {name: datasets.load_dataset(str(dataset_dir), name, cache_dir=str(tmp_path / "hf")) for name in ("candidates", "georanker")}
+    for name in dd:
+        assert set(dd[name]) == {"train", "validation"}
+        assert {s: dd[name][s].num_rows for s in dd[name]} == manifest["rows"][name]
+    # 26 candidates per query (10 image, 10 GPS, 6 band negatives): none is left out of the georanker config
+    assert sum(dd["georanker"][s].num_rows for s in dd["georanker"]) == sum(dd["candidates"][s].num_rows for s in dd["candidates"]) == mined
+    near_and_far = 0
+    for split in ("train", "validation"):
+        queries = {r["id"]: r for r in dd["candidates"][split]}
+        assert sorted(dd["georanker"][split]["img_id"]) == sorted(queries)
+        for row in dd["georanker"][split]:
+            q = queries[row["img_id"]]
+            both = {"near", "far"} <= set(q["cand_band"])
+            near_and_far += both
+            check_georanker_row(row, query=(q["lat"], q["lon"]), close_and_far=both)
+    assert near_and_far > mined // 2
 
     # a rerun does nothing but report
     r = geobuild(*args, env=env)

@@ -22,6 +22,7 @@ from geobuild.shards import iter_shard
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_double import HubDouble  # noqa: E402
 from publish_helpers import make_run  # noqa: E402
+from georanker_reads import check_georanker_row  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "hf_TESTtoken0123456789secretXYZ"
@@ -97,24 +98,25 @@ def test_configs_load_back_with_datasets(staged, monkeypatch):
 
 
 def test_georanker_config_satisfies_georanker_reads(staged, monkeypatch):
-    pytest.importorskip("geobuild.georanker")
     tmp, run, out = staged
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import datasets
 
+    manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    cand = load(out / "dataset", "candidates", tmp / "cache")
     files = {s: sorted(str(p) for p in (out / "dataset" / "georanker").glob(f"{s}-*.parquet")) for s in ("train", "validation")}
     for dd in (load(out / "dataset", "georanker", tmp / "cache"),
                datasets.load_dataset("parquet", data_files=files, cache_dir=str(tmp / "cache"))):
-        assert {"img_id", "gps", "ref_gps", "ref_img_id", "ref_texts"} <= set(dd["train"].column_names)
-        for row in dd["train"]:
-            lat, lon = row["gps"]
-            assert -90 <= lat <= 90 and -180 <= lon <= 180
-            assert len(row["ref_gps"]) == len(row["ref_img_id"]) == len(row["ref_texts"]) >= 8
-            group = row["ref_gps"][1:8]  # entry 0 skipped, 1..7 ranked
-            assert len(group) == 7 and all(len(p) == 2 for p in group)
-            for (la, lo), texts in zip(row["ref_gps"][-5:], row["ref_texts"][-5:]):
-                text = f"latitude: {la}, longitude: {lo}, {' '.join(texts)}"
-                assert text.startswith("latitude: ") and all(isinstance(t, str) for t in texts)
+        assert set(dd) == {"train", "validation"}
+        for split in dd:
+            assert dd[split].column_names == ["img_id", "gps", "ref_gps", "ref_img_id", "ref_texts"]
+            # every query has 12 candidates (8 image, 3 GPS, 1 negative): none is left out of this config
+            assert dd[split].num_rows == cand[split].num_rows == manifest["rows"]["georanker"][split]
+            queries = {r["id"]: (r["lat"], r["lon"]) for r in cand[split]}
+            assert sorted(dd[split]["img_id"]) == sorted(queries)
+            for row in dd[split]:
+                check_georanker_row(row, query=queries[row["img_id"]])
+                assert len(row["ref_gps"]) == 13  # entry 0 + 12 candidates
 
 
 def test_card_plots_and_provenance(staged):
@@ -127,7 +129,11 @@ def test_card_plots_and_provenance(staged):
     assert feats["cand_key"] == {"name": "cand_key", "list": "string"} and feats["author"]["dtype"] == "string"
     assert "@inproceedings{jia2025georanker" in text and "geobuild 0.1.0" in text
     assert "k_image: 8" in text  # the run's resolved config
-    assert "| queries | 14 | 9 |" in text.replace("  ", " ") or "| queries |" in text
+    rows = json.loads((out / "dataset" / "manifest.json").read_text())["rows"]["candidates"]
+    assert (rows["train"], rows["validation"]) == (14, 9)  # 23 of the 24 queries, split by author
+    per_query = {"queries": 1, "candidates": 12, "image candidates": 8, "gps candidates": 3, "negative candidates": 1}
+    for what, k in per_query.items():
+        assert f"| {what} | {k * rows['train']} | {k * rows['validation']} |" in text, what
     assert "| shard | decode_error | 1 |" in text and "| publish | no_distances | 1 |" in text
     for rel in ("stats/query_map.png", "stats/candidate_distances.png"):
         assert f"]({rel})" in text
@@ -224,6 +230,41 @@ def test_validation_failure_uploads_nothing(tmp_path):
         assert last.startswith("error: validation of") and "sha256 differs" in last and "nothing uploaded" in last
         assert "Traceback" not in proc.stderr
         assert hub.repos == {} and hub.received == [] and hub.commit_attempts == 0
+
+
+def test_row_counts_that_disagree_fail_validation_and_upload_nothing(tmp_path):
+    """Checksums pass (manifest regenerated) but the rows do not: validation names the config, nothing is uploaded."""
+    from geobuild.publish.manifest import read_manifest, write_manifest
+
+    run = make_run(tmp_path / "run", per_shard=6, drop_distance=False, missing_photo=False)
+    args = ["--run", str(run.root), "--to", str(tmp_path / "out"), "--no-images"]
+    proc = publish(tmp_path, *args, HF_HUB_OFFLINE="1")
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "out" / "dataset"
+    rows = read_manifest(folder)["rows"]
+    n_train = rows["candidates"]["train"]
+    assert n_train >= 2
+
+    def rejected(*words: str) -> None:
+        with HubDouble(TOKEN) as hub:
+            proc = publish(tmp_path, *args, "--hub", "geo/bad", HF_TOKEN=TOKEN, HF_ENDPOINT=hub.url)
+            assert proc.returncode == 2, proc.stderr
+            last = proc.stderr.strip().splitlines()[-1]
+            assert last.startswith("error: validation of") and "nothing uploaded" in last, last
+            assert "sha256" not in last and all(w in last for w in words), last
+            assert "Traceback" not in proc.stderr
+            assert hub.repos == {} and hub.received == [] and hub.commit_attempts == 0
+
+    # 1. the manifest claims one train row more than the files hold (files, card and datasets agree)
+    write_manifest(folder, {**rows, "candidates": {**rows["candidates"], "train": n_train + 1}})
+    loaded = {s: n for s, n in rows["candidates"].items() if n > 0}
+    rejected(f"dataset/candidates: datasets loads {loaded} rows, manifest says {({**loaded, 'train': n_train + 1})}")
+    # 2. a staged Parquet file lost a row: datasets refuses the split sizes the card declares
+    victim = sorted((folder / "candidates").glob("train-*.parquet"))[0]
+    t = pq.read_table(victim)
+    pq.write_table(t.slice(0, t.num_rows - 1), victim)
+    write_manifest(folder, rows)
+    rejected("config 'candidates' does not load", "NonMatchingSplitsSizesError")
 
 
 def test_no_token_or_offline_fails_before_any_work(tmp_path):

@@ -106,3 +106,28 @@ def test_eval_cli_on_run_folders_and_published_split(tmp_path):
 def test_eval_errors(tmp_path):
     res = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path / "none.pt"), "--run", str(tmp_path)])
     assert res.exit_code != 0 and "checkpoint not found" in str(res.exception)
+
+
+def test_consensus_features_count_agreeing_candidates():
+    import torch
+
+    from geobuild.ranker.compact import CONSENSUS_KM, consensus_features
+
+    # Paris, 10 km from Paris, London (~344 km), Tokyo; the 4th slot of the 2nd group is padding
+    lat = torch.tensor([[48.85, 48.94, 51.51, 35.68], [48.85, 48.94, 51.51, 35.68]])
+    lon = torch.tensor([[2.35, 2.35, -0.13, 139.69], [2.35, 2.35, -0.13, 139.69]])
+    cos = torch.tensor([[0.9, 0.1, 0.5, 0.2], [0.9, 0.1, 0.5, 0.2]])
+    has = torch.tensor([[True, True, False, True], [True, True, False, True]])
+    mask = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    f = consensus_features(lat, lon, cos, has, mask)
+    assert f.shape == (2, 4, 2 * len(CONSENSUS_KM))
+    share = f[..., 0::2]  # plain shares at 25, 200, 750, 2500 km
+    assert torch.allclose(share[0, 0], torch.tensor([1 / 3, 1 / 3, 2 / 3, 2 / 3]))  # Paris: its twin; + London
+    assert torch.allclose(share[0, 3], torch.tensor([0.0, 0.0, 0.0, 0.0]))  # Tokyo agrees with nobody
+    assert torch.allclose(share[1, 0], torch.tensor([1 / 2, 1 / 2, 1.0, 1.0]))  # padding is not counted
+    weighted = f[..., 1::2]
+    # for the twin (index 1) the other photos are Paris (cos 0.9) and Tokyo (0.2): Paris dominates
+    w_paris = torch.softmax(torch.tensor([0.9, 0.2]) / 0.05, 0)[0]
+    assert torch.allclose(weighted[0, 1, 0], w_paris, atol=1e-6)
+    # London has no photo: it carries no weight, but its own row still sees the others' weights
+    assert torch.allclose(weighted[0, 2, 2], torch.softmax(torch.tensor([0.9, 0.1, 0.2]) / 0.05, 0)[:2].sum(), atol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -132,3 +133,77 @@ def test_missing_columns_and_small_groups(tmp_path):
 def test_unknown_model_is_a_clear_error(dataset, tmp_path):
     res = run_cli("train-ranker", "--data", str(dataset), "--out", str(tmp_path / "x"), "--model", "nope", *SMALL)
     assert res.exit_code != 0 and "unknown ranker model" in str(res.exception)
+
+
+def _georanking_parquet(dataset: Path, split: str, out: Path) -> Path:
+    """GeoRanker's own layout of one split: the query's own hit at entry 0, then the candidates."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(next((dataset / "dataset" / "candidates").glob(f"{split}-*.parquet"))).to_pylist()
+    table = pa.table({
+        "img_id": [r["id"] for r in rows],
+        "gps": [[r["lat"], r["lon"]] for r in rows],
+        "ref_gps": [[[r["lat"], r["lon"]]] + [[a, b] for a, b in zip(r["cand_lat"], r["cand_lon"])] for r in rows],
+        "ref_img_id": [[r["id"]] + list(r["cand_id"]) for r in rows],
+        "ref_texts": [[list(r["texts"])] + [list(t) for t in r["cand_texts"]] for r in rows],
+    })
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out)
+    return out
+
+
+def test_georanking_rows_are_read_as_georankers_trainer_reads_them(dataset, tmp_path):
+    from geobuild.ranker.data import GroupSpec, groups_from_dataset
+
+    path = _georanking_parquet(dataset, "train", tmp_path / "GeoRanking.parquet")
+    groups = groups_from_dataset(path, "train", GroupSpec(group_size=6))
+    assert len(groups) == 96 and not groups.skipped
+    # entry 0 (the query itself, 0 km away) is skipped; entries 1..6 in order form the group
+    assert (groups.dists > 1.0).all()
+    assert all(q not in set(c) for q, c in zip(groups.query_id, groups.cand_id))
+    assert [str(k) for k in groups.query_key[:2]] == ["t0000", "t0001"]
+    photo = groups.cand_key[groups.cand_source == 0]
+    assert all(isinstance(k, str) and k.startswith("g") for k in photo)  # image ids map to photo keys
+    assert (groups.cand_key[groups.cand_source == 1] == None).all()  # noqa: E711  gps:... ids have no photo
+
+
+def test_train_on_georanking_parquet_and_on_the_georanker_config(dataset, tmp_path):
+    path = _georanking_parquet(dataset, "train", tmp_path / "GeoRanking.parquet")
+    out = tmp_path / "from-parquet"
+    res = run_cli("train-ranker", "--data", str(path), "--images", str(dataset / "images"), "--out", str(out),
+                  "--epochs", "6", *SMALL)
+    assert res.exit_code == 0, res.output
+    rows = history(out)
+    assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
+    assert json.loads((out / "final.json").read_text())["data"]["train_groups"] == 96
+
+    # the same rows as a published dataset's georanker config
+    import shutil
+
+    pub = tmp_path / "pub"
+    shutil.copytree(dataset, pub)
+    for split in ("train", "validation"):
+        _georanking_parquet(dataset, split, pub / "dataset" / "georanker" / f"{split}-00000-of-00001.parquet")
+    card = (pub / "dataset" / "README.md").read_text().replace("---\n# synthetic", (
+        "- config_name: georanker\n  data_files:\n  - split: train\n    path: georanker/train-*.parquet\n"
+        "  - split: validation\n    path: georanker/validation-*.parquet\n---\n# synthetic"))
+    (pub / "dataset" / "README.md").write_text(card)
+    out2 = tmp_path / "from-config"
+    res = run_cli("train-ranker", "--data", str(pub), "--data-config", "georanker", "--out", str(out2), "--epochs", "1", *SMALL)
+    assert res.exit_code == 0, res.output
+    final = json.loads((out2 / "final.json").read_text())
+    assert final["data"]["train_groups"] == 96 and final["data"]["val_groups"] == 40
+
+
+def test_negative_example_texts_are_the_retrieved_entries_outside_the_group(dataset, tmp_path):
+    from geobuild.ranker.data import GroupSpec, groups_from_dataset
+    from geobuild.ranker.models import make_batch
+
+    path = _georanking_parquet(dataset, "train", tmp_path / "GeoRanking.parquet")
+    groups = groups_from_dataset(path, "train", GroupSpec(group_size=4))
+    # 1 + 6 entries: entry 0 skipped, 1..4 ranked, 5..6 shown as GeoRanker's negative examples
+    texts = groups.negative_texts[0]
+    assert len(texts) == 2 and all(t.startswith("latitude: ") and ", longitude: " in t for t in texts)
+    batch = make_batch(groups, np.array([0, 1]))
+    assert batch.negative_texts[0] == list(texts)

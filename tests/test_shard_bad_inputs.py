@@ -152,3 +152,91 @@ def test_fatal_errors_are_one_line(tmp_path):
     empty.write_text("")
     assert "empty" in _fatal(tmp_path, "--format", "im2gps3k", "--images", str(imgs), "--metadata", str(empty))
     assert "--metadata" in _fatal(tmp_path, "--format", "mp16pro", "--images", str(imgs))
+
+
+def _damage_member(zip_path, name):
+    """Flip bytes in the middle of ``name``'s deflated data inside ``zip_path``."""
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo(name)
+        assert info.compress_type == zipfile.ZIP_DEFLATED
+    raw = bytearray(zip_path.read_bytes())
+    name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(raw[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len
+    mid = start + info.compress_size // 2
+    for i in range(mid, mid + 16):
+        raw[i] ^= 0xFF
+    zip_path.write_bytes(bytes(raw))
+
+
+def test_damaged_zip_member_is_a_ledger_row(tmp_path):
+    import zipfile
+
+    names = [f"p{i}.jpg" for i in range(6)]
+    zip_path = tmp_path / "imgs.zip"
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i, n in enumerate(names):
+            zf.writestr(n, jpeg(64 + 8 * i, 48))
+    _damage_member(zip_path, "p3.jpg")
+    csv_path = write_csv(tmp_path / "m.csv", HEADER, [[n, "a", 1 + i, 2] for i, n in enumerate(names)])
+    run = tmp_path / "run"
+    cli("shard", "--out", str(run), "--format", "im2gps3k", "--images", str(zip_path), "--metadata", str(csv_path),
+        "--samples-per-shard", "4")
+    rows = _ledger_rows(run)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["p3.jpg"]["status"] == "read_error", by_id["p3.jpg"]
+    assert "p3.jpg" in by_id["p3.jpg"]["error_message"]
+    assert all(by_id[n]["status"] == "ok" for n in names if n != "p3.jpg")
+    got = samples(run)
+    assert sorted(got) == sorted(n[:-4] for n in names if n != "p3.jpg")  # the unit lost only p3
+    assert len(rows) == len(names) and len(got) + 1 == len(rows)  # counts add up
+
+
+def test_exif_folder_broken_files_have_image_reasons(tmp_path):
+    from shard_helpers import gps_exif
+
+    imgs = tmp_path / "photos"
+    imgs.mkdir()
+    (imgs / "good.jpg").write_bytes(jpeg(exif=gps_exif(48.85, 2.29)))
+    (imgs / "nogps.jpg").write_bytes(jpeg())
+    (imgs / "empty.jpg").write_bytes(b"")
+    (imgs / "trunc.jpg").write_bytes(jpeg(200, 150, exif=gps_exif(1.0, 2.0))[:600])
+    (imgs / "text.jpg").write_bytes(b"this is not an image at all\n" * 10)
+    run = tmp_path / "run"
+    cli("shard", "--out", str(run), "--format", "exif", "--images", str(imgs))
+    status = {k: v["status"] for k, v in ledger(run).items()}
+    assert status == {"good.jpg": "ok", "nogps.jpg": "no_gps", "empty.jpg": "empty_file",
+                      "trunc.jpg": "bad_image", "text.jpg": "bad_image"}
+    assert sorted(samples(run)) == ["good"]
+
+
+def test_out_path_is_an_existing_file(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "a.jpg").write_bytes(jpeg())
+    good = write_csv(tmp_path / "m.csv", HEADER, [["a.jpg", "x", 1, 2]])
+    out = tmp_path / "taken"
+    out.write_text("not a run folder\n")
+    proc = cli("shard", "--out", str(out), "--format", "im2gps3k", "--images", str(imgs), "--metadata", str(good),
+               check=False)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "exists and is not a run folder" in lines[0]
+
+
+def test_cli_turns_a_stray_oserror_into_one_line(monkeypatch, capsys):
+    from geobuild import cli as cli_mod
+
+    def boom(*a, **k):
+        raise FileExistsError(17, "File exists", "/some/where")
+
+    monkeypatch.setattr(cli_mod, "app", boom)
+    with pytest.raises(SystemExit) as exc:
+        cli_mod.main()
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: File exists: /some/where"]

@@ -68,6 +68,19 @@ def test_mp16_parts_streamed_as_one_tar(tmp_path):
     run2 = tmp_path / "run2"
     shard("--out", str(run2), "--format", "mp16pro", "--images", str(tar), "--metadata", str(csv_path), "--samples-per-shard", "4")
     assert run_files(run) == run_files(run2)
+    # the README's quoted glob, the bare stem and a bracket glob name the same parts
+    for i, form in enumerate(["mp-16-images??", "mp-16-images*", "mp-16-images", "mp-16-images[0-9][0-9]"]):
+        run3 = tmp_path / f"run-glob{i}"
+        shard("--out", str(run3), "--format", "mp16pro", "--images", str(parts[0].parent / form), "--metadata", str(csv_path),
+              "--samples-per-shard", "4")
+        assert run_files(run3) == run_files(run), form
+    from geobuild.sources.mp16pro import find_parts
+
+    assert find_parts(parts[0].parent / "mp-16-images??") == parts
+    from geobuild.errors import GeobuildError
+
+    with pytest.raises(GeobuildError, match="images not found"):
+        find_parts(parts[0].parent / "nothing-here??")
 
 
 def test_mp16_min_bytes_and_basename_match(tmp_path):

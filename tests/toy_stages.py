@@ -43,7 +43,12 @@ class MakeStage(Stage):
 
 @dataclass
 class UpperStage(Stage):
-    """One unit per finished ``make`` unit: upper-cases its lines; fails on units in ``fail``."""
+    """One unit per finished ``make`` unit: upper-cases its lines; fails on units in ``fail``.
+
+    ``fail`` is a comma list of units that always fail, or, as ``UNIT:N``, fail their first N
+    attempts only. With ``flag_dir`` every attempt of a unit appends a line to
+    ``flag_dir/attempts-<unit>`` (see :func:`attempts`; ``UNIT:N`` needs it); units in
+    ``kill_once`` kill their own worker process on their first attempt (needs ``flag_dir``)."""
 
     fail: str = ""
     kill_once: str = ""
@@ -57,8 +62,11 @@ class UpperStage(Stage):
         return {}
 
     def process(self, run, unit):
-        if unit in self.fail.split(","):
-            raise RuntimeError(f"toy failure in {unit}")
+        attempt = record_attempt(self.flag_dir, unit) if self.flag_dir else 0
+        for entry in filter(None, self.fail.split(",")):
+            name, _, first_n = entry.partition(":")
+            if name == unit and (not first_n or attempt <= int(first_n)):
+                raise RuntimeError(f"toy failure in {unit}" + (f" (attempt {attempt} of the first {first_n})" if first_n else ""))
         if unit in self.kill_once.split(",") and self.flag_dir:
             flag = Path(self.flag_dir) / f"killed-{unit}"
             if not flag.exists():
@@ -71,3 +79,18 @@ class UpperStage(Stage):
         with atomic_path(run.path("upper", f"{unit}.txt")) as tmp:
             tmp.write_text("\n".join(x.upper() for x in lines) + "\n")
         return UnitResult(stats={"samples_in": len(lines), "samples_out": len(lines)})
+
+
+def record_attempt(flag_dir: str, unit: str) -> int:
+    """Append one line to ``flag_dir/attempts-<unit>``; return this attempt's number (1 = first)."""
+    path = Path(flag_dir) / f"attempts-{unit}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return len(path.read_text().splitlines())
+
+
+def attempts(flag_dir, unit: str) -> int:
+    """How many attempts of ``unit`` :func:`record_attempt` recorded."""
+    path = Path(flag_dir) / f"attempts-{unit}"
+    return len(path.read_text().splitlines()) if path.exists() else 0

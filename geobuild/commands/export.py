@@ -48,7 +48,15 @@ def georanker(
                     rows += conv.table.num_rows
                     dropped += len(conv.dropped)
     else:
-        target.mkdir(parents=True, exist_ok=True)
+        if target.exists() and not target.is_dir():
+            raise GeobuildError(
+                f"--out {target} is an existing file, not a folder; pass a .parquet file name (all shards in one file) "
+                f"or a folder (one georanking-<shard>.parquet per shard), e.g. rerun with --out {target.with_suffix('.parquet')}"
+            )
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise GeobuildError(f"cannot create the --out folder {target} ({exc}); pass another --out") from None
         for u in units:
             conv = candidates_to_georanking(read_candidates(rf, u), opts)
             with atomic_path(target / f"georanking-{u}.parquet") as tmp:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import typer
 
 from ._common import OverwriteOpt, RunOpt, print_summary
@@ -35,7 +33,7 @@ def register(app: typer.Typer) -> None:
         from ..errors import GeobuildError
         from ..faiss_index import KINDS
         from ..gallery import DEVICES, INDEX_DIR, INFO_FILE
-        from ..runfolder import RunFolder
+        from ..runfolder import RunFolder, read_json
         from ..stage import run_stage
         from ..stages.index import GALLERY_UNIT, IndexConfig, IndexStage, check_embeddings
 
@@ -58,14 +56,18 @@ def register(app: typer.Typer) -> None:
                 raise GeobuildError(f"GPS gallery CSV not found: {cfg.gps_gallery}")
         info_p = rf.path(INDEX_DIR, INFO_FILE)
         if rf.is_done("index", GALLERY_UNIT) and info_p.exists():
-            built_from = json.loads(info_p.read_text()).get("embedding_units")
+            try:
+                built_from = read_json(info_p, "").get("embedding_units")
+            except GeobuildError:
+                built_from = None  # a damaged info.json: the index is rebuilt below
             if built_from != units:
-                typer.echo("index: the embeddings changed since the index was built; rebuilding it", err=True)
+                typer.echo("index: the embeddings changed since the index was built (or its info.json is damaged); "
+                           "rebuilding it", err=True)
                 rf.marker_path("index", GALLERY_UNIT).unlink()
         summary = run_stage(IndexStage(cfg), rf, overwrite=overwrite)
         print_summary(summary)
         if info_p.exists():
-            info = json.loads(info_p.read_text())
+            info = read_json(info_p, f"rebuild it: geobuild index --run {rf.root} --overwrite")
             recall = info.get("recall@10")
             typer.echo(
                 f"index: {info['kind']} over {info['ntotal']} vectors ({info['dim']}-d, {info.get('model')}); "

@@ -19,7 +19,7 @@ FORMAT_HELP = (
 def shard(
     out: Path = RunOpt,
     format: str = typer.Option("csv", "--format", "-f", help=FORMAT_HELP),
-    images: Path = typer.Option(..., "--images", "-i", help="A zip, a folder of photos, a .tar, or the first of its byte-split parts (mp-16-images00); parts are streamed as one tar."),
+    images: Path = typer.Option(..., "--images", "-i", help="A zip, a folder of photos, a .tar, or its byte-split parts (the first, mp-16-images00, or a quoted glob 'DIR/mp-16-images??'); parts are streamed as one tar."),
     metadata: Optional[Path] = typer.Option(None, "--metadata", "-m", help="Metadata CSV (not needed for --format exif)."),
     id_col: Optional[str] = typer.Option(None, "--id-col", help="Column with the image id / file name (default IMG_ID)."),
     lat_col: Optional[str] = typer.Option(None, "--lat-col", help="Latitude column (default LAT)."),

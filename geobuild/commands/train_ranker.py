@@ -11,7 +11,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("train-ranker")
     def train_ranker(
-        data: Optional[str] = typer.Option(None, "--data", "-d", help="Published dataset folder (with dataset/ and images/) or Hub repo ORG/NAME."),
+        data: Optional[str] = typer.Option(None, "--data", "-d", help="Published dataset folder (with dataset/ and images/), Hub repo ORG/NAME, or a GeoRanking .parquet file."),
+        data_config: Optional[str] = typer.Option(None, "--data-config", help="Dataset config to read: candidates (default) or georanker (GeoRanking columns, read as GeoRanker's trainer does)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: config, embedding cache, checkpoints, metrics.jsonl."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of training settings (keys as the option names with '_'); options given here override it."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last epoch checkpoint in --out."),
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; the same seed gives identical metrics (default 0)."),
         d_model: Optional[int] = typer.Option(None, "--d-model", help="Compact model width (default 128)."),
         layers: Optional[int] = typer.Option(None, "--layers", help="Compact model transformer layers (default 2)."),
+        consensus: Optional[bool] = typer.Option(None, "--consensus/--no-consensus", help="Compact model: candidate-agreement features (share of the group's other candidates within 25/200/750/2500 km; default off)."),
         location: Optional[str] = typer.Option(None, "--location", help="Coordinate features: rff (default) or geoclip (pretrained location encoder)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu (default), cuda or auto."),
         threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
@@ -49,7 +51,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
         given = dict(
-            data=data, out=str(out) if out else None, model=model, encoder=encoder, train_split=train_split,
+            data=data, data_config=data_config, out=str(out) if out else None, model=model, encoder=encoder, train_split=train_split,
             images=str(images) if images else None, group_size=group_size, select=select, skip_first=skip_first,
             loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
             d_model=d_model, layers=layers, location=location, device=device, threads=threads, stop_after=stop_after,
@@ -57,6 +59,8 @@ def register(app: typer.Typer) -> None:
         )
         if vlm_path is not None:
             given["model_options"] = {**cfg.model_options, "vlm_path": vlm_path}
+        if consensus is not None:
+            given["model_options"] = {**cfg.model_options, **given.get("model_options", {}), "consensus": consensus}
         if sources is not None:
             given["sources"] = [s.strip() for s in sources.split(",") if s.strip()]
         if val_split is not None:

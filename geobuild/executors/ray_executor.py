@@ -78,7 +78,11 @@ class RayExecutor:
             try:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise GeobuildError(f"cannot join the Ray cluster at {self.address} ({exc}); is `ray start --head` running?") from exc
+                hint = "" if os.environ.get("RAY_AUTH_MODE") else (
+                    "; if it uses token authentication (Ray's default when a token exists), set RAY_AUTH_MODE=token "
+                    "and RAY_AUTH_TOKEN (or ~/.ray/auth_token) to its token"
+                )
+                raise GeobuildError(f"cannot join the Ray cluster at {self.address} ({exc}); is `ray start --head` running?{hint}") from exc
         self._started = True
         return ray
 
@@ -98,6 +102,11 @@ class RayExecutor:
 
     # -- scheduling -------------------------------------------------------------------------
     def _options(self, ray, stage) -> dict[str, Any]:
+        """Ray task options from ``stage.resources``: ``num_gpus`` GPUs per unit (dropped, with a
+        warning, when the cluster has fewer), or ``num_gpus_if_available`` GPUs (``device: auto``)
+        when the cluster has them, silently none otherwise; CPUs capped at the cluster's."""
+        from ..stage import GPU_IF_AVAILABLE
+
         res = dict(getattr(stage, "resources", None) or {"num_cpus": 1})
         opts: dict[str, Any] = {
             "num_cpus": float(res.pop("num_cpus", 1)),
@@ -105,15 +114,20 @@ class RayExecutor:
             "max_retries": self.retries,
             "retry_exceptions": False,
         }
+        optional_gpus = float(res.pop(GPU_IF_AVAILABLE, 0) or 0)
         if "memory" in res:
             opts["memory"] = res.pop("memory")
         if res:
             opts["resources"] = res
-        have_gpus = ray.cluster_resources().get("GPU", 0)
+        cluster = ray.cluster_resources()
+        have_gpus = cluster.get("GPU", 0)
         if opts["num_gpus"] > 0 and have_gpus < opts["num_gpus"]:
             log.warning("%s asks for %s GPU per unit but the Ray cluster has %s; running its units on CPU", stage.name, opts["num_gpus"], have_gpus)
             opts["num_gpus"] = 0.0
-        have_cpus = ray.cluster_resources().get("CPU", 0)
+        elif opts["num_gpus"] == 0 and optional_gpus > 0 and have_gpus >= optional_gpus:
+            log.info("%s (device auto): the Ray cluster has %s GPUs; %s GPU per unit", stage.name, have_gpus, optional_gpus)
+            opts["num_gpus"] = optional_gpus
+        have_cpus = cluster.get("CPU", 0)
         if opts["num_cpus"] > have_cpus:
             log.warning("%s asks for %s CPUs per unit but the Ray cluster has %s; asking for %s", stage.name, opts["num_cpus"], have_cpus, have_cpus)
             opts["num_cpus"] = float(have_cpus)

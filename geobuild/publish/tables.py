@@ -8,7 +8,6 @@ match their candidate lists become ledger rows; the run goes on.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np

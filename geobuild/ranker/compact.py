@@ -4,7 +4,11 @@ Inputs per group: the frozen embedding of the query photo, and per candidate the
 of its photo (a learned "no photo" token when it has none), its coordinates (random Fourier
 features of 3-D unit vectors, or the pretrained location encoder), its location text (a hashed bag
 of words and character 3-grams of ``[city, state, country]``), its source (image / gps / negative)
-and its rank within that source, and the cosine similarity between query and candidate photos.
+and its rank within that source, the cosine similarity between query and candidate photos, and
+optionally (``consensus``, off by default) how many of the group's other candidates lie within
+25 / 200 / 750 / 2500 km of it, plain and weighted by their photo similarity to the query. On the
+IM2GPS3K author split the agreement features made the ranker worse (benchmarks/RESULTS.md), so
+they are opt-in.
 A small transformer encoder runs over ``[query token, candidate tokens]`` so candidates of one
 query are scored jointly; a head maps each candidate token to its score. There are no position
 embeddings: the model is equivariant to the order of the candidates.
@@ -25,6 +29,33 @@ from .models import GroupBatch, ModelContext
 log = get_logger("ranker.compact")
 
 MAX_RANK = 64
+CONSENSUS_KM = (25.0, 200.0, 750.0, 2500.0)
+CONSENSUS_TEMP = 0.05  # softmax temperature over photo similarities for the weighted agreement
+
+
+def consensus_features(lat: torch.Tensor, lon: torch.Tensor, cos: torch.Tensor, has: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
+    """Per candidate, agreement with the group's other candidates, ``[B, G, 2 * len(CONSENSUS_KM)]``.
+
+    For each radius: the share of the other valid candidates within it, and their share weighted
+    by ``softmax(cos / T)`` over the other candidates that have a photo.
+    """
+    la, lo = torch.deg2rad(lat.double()), torch.deg2rad(lon.double())
+    xyz = torch.stack([la.cos() * lo.cos(), la.cos() * lo.sin(), la.sin()], -1)
+    chord = (xyz[:, :, None, :] - xyz[:, None, :, :]).norm(dim=-1).clamp(max=2.0)
+    km = 2.0 * 6371.0088 * torch.asin(chord / 2.0)  # haversine via the chord; exact at small distances
+    G = lat.shape[1]
+    others = mask[:, None, :] & ~torch.eye(G, dtype=torch.bool, device=lat.device)[None]
+    n_other = others.sum(-1).clamp(min=1).double()
+    photo = others & has[:, None, :]
+    logits = (cos.double() / CONSENSUS_TEMP)[:, None, :].expand(-1, G, -1).masked_fill(~photo, float("-inf"))
+    w = torch.softmax(logits, -1).nan_to_num(0.0)  # rows with no other photo: all zero
+    feats = []
+    for t in CONSENSUS_KM:
+        near = (km < t) & others
+        feats.append(near.sum(-1).double() / n_other)
+        feats.append((w * near).sum(-1))
+    return torch.stack(feats, -1).float()
 
 
 class CompactRanker(nn.Module):
@@ -41,6 +72,7 @@ class CompactRanker(nn.Module):
         dropout: float = 0.1,
         location: str = "rff",
         rff_seed: int = 0,
+        consensus: bool = False,
     ):
         super().__init__()
         if location not in ("rff", "geoclip"):
@@ -59,6 +91,7 @@ class CompactRanker(nn.Module):
         self.source_emb = nn.Embedding(3, d_model)
         self.rank_emb = nn.Embedding(MAX_RANK, d_model)
         self.type_emb = nn.Embedding(2, d_model)
+        self.consensus_proj = nn.Linear(2 * len(CONSENSUS_KM), d_model) if consensus else None
         layer = nn.TransformerEncoderLayer(
             d_model, heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True, norm_first=True
         )
@@ -125,6 +158,8 @@ class CompactRanker(nn.Module):
             + self.rank_emb(batch.cand_rank.clamp(0, MAX_RANK - 1))
             + self.type_emb.weight[1]
         )
+        if self.consensus_proj is not None:
+            cand = cand + self.consensus_proj(consensus_features(batch.cand_lat, batch.cand_lon, cos, has, batch.mask))
         query = self.q_proj(q) + self.type_emb.weight[0]
         x = torch.cat([query[:, None, :], cand], 1)
         pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=dev), ~batch.mask], 1)
@@ -160,6 +195,7 @@ def build(cfg: dict, ctx: ModelContext) -> CompactRanker:
         dropout=float(cfg.get("dropout", 0.1)),
         location=location,
         rff_seed=0,
+        consensus=bool((cfg.get("model_options") or {}).get("consensus", False)),
     )
     return model.attach(emb, loc_table)
 

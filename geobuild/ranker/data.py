@@ -6,6 +6,11 @@ group mixes image neighbours and GPS-gallery points. Distances for the loss come
 dataset's ``query_km`` column (the distances stage) or ``cand_dist_km`` (the mine stage), and are
 recomputed with haversine only when neither is present.
 
+GeoRanking rows (``img_id``, ``gps``, ``ref_gps``, ``ref_img_id``, ``ref_texts``: the ``georanker``
+config of a published dataset, or GeoRanker's own Parquet file) are read as GeoRanker's trainer
+reads them: entry 0 (the query's own hit) is skipped and entries ``1..group_size`` in order form the
+group; photos are looked up by the key of each image id, and distances are haversine km.
+
 Rows that cannot form a group are skipped and counted by reason (``Groups.skipped``); a missing
 required column is a :class:`~geobuild.errors.GeobuildError`.
 """
@@ -21,6 +26,7 @@ import numpy as np
 
 from ..errors import GeobuildError
 from ..geo import haversine_km, valid_latlon
+from ..georanker import negative_example_texts
 from ..log import get_logger
 
 log = get_logger("ranker.data")
@@ -29,6 +35,7 @@ SOURCES = ("image", "gps", "negative")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES)}
 REQUIRED = ("lat", "lon", "cand_lat", "cand_lon")
 KEY_COLUMNS = ("key", "id", "img_id")
+GEORANKING_COLUMNS = ("img_id", "gps", "ref_gps")
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Groups:
     dists: np.ndarray  # float32 [N, G] km to the query
     mask: np.ndarray  # bool [N, G]
     retrieval_km: np.ndarray  # float64 [N]: error of the first image candidate of the full list (nan: none)
+    negative_texts: np.ndarray | None = None  # object [N]: GeoRanker's "negative examples" (last entries outside the group)
     skipped: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
 
@@ -93,6 +101,8 @@ class Groups:
                 "cand_source", "cand_rank", "cand_texts", "dists", "mask", "retrieval_km",
             )
         }
+        if self.negative_texts is not None:
+            arrays["negative_texts"] = self.negative_texts[keep]
         return Groups(name=self.name, skipped=skipped, rows_read=self.rows_read, **arrays)
 
 
@@ -104,9 +114,50 @@ def _first_present(row: dict[str, Any], names: Iterable[str]):
     return None
 
 
+def is_georanking(columns: Iterable[str]) -> bool:
+    """True for a GeoRanking table (``img_id``, ``gps``, ``ref_gps``, ...) rather than candidates."""
+    cols = set(columns)
+    return all(c in cols for c in GEORANKING_COLUMNS) and "cand_lat" not in cols
+
+
+def georanking_spec(spec: GroupSpec) -> GroupSpec:
+    """The group rule GeoRanker's trainer applies: skip entry 0, then entries 1..group_size in order."""
+    return GroupSpec(group_size=spec.group_size, sources=SOURCES, select="order", skip_first=True)
+
+
+def from_georanking(row: dict[str, Any]) -> dict[str, Any]:
+    """One GeoRanking row as a candidates row (keys from image ids, sources from ``gps:`` ids)."""
+    from ..sources.metadata import sanitize_key
+
+    img_id = row.get("img_id")
+    gps = row.get("gps") or [None, None]
+    ref = [g if g is not None and len(g) == 2 else [None, None] for g in (row.get("ref_gps") or [])]
+    n = len(ref)
+    ids = list(row.get("ref_img_id") or [None] * n)
+    texts = list(row.get("ref_texts") or [[]] * n)
+    if len(ids) != n or len(texts) != n:
+        ids = [None] * (n + 1)  # misaligned lists: one entry too many, so the builder skips the row
+    is_gps = [isinstance(i, str) and i.startswith("gps:") for i in ids]
+    return {
+        "key": sanitize_key(str(img_id)) if img_id is not None else None,
+        "id": img_id,
+        "lat": gps[0],
+        "lon": gps[1],
+        "cand_lat": [g[0] if g[0] is not None else np.nan for g in ref],
+        "cand_lon": [g[1] if g[1] is not None else np.nan for g in ref],
+        "cand_id": ids,
+        "cand_key": [None if (i is None or g) else sanitize_key(str(i)) for i, g in zip(ids, is_gps)],
+        "cand_source": ["gps" if g else "image" for g in is_gps],
+        "cand_rank": list(range(n)),
+        "cand_texts": texts,
+    }
+
+
 def check_columns(columns: Iterable[str], where: str) -> None:
     """Refuse a table that lacks the columns a ranker needs."""
     cols = set(columns)
+    if is_georanking(cols):
+        return
     missing = [c for c in REQUIRED if c not in cols]
     if not any(k in cols for k in KEY_COLUMNS):
         missing.append("key (or id)")
@@ -151,13 +202,15 @@ class _Builder:
         self.name = name
         self.rows: dict[str, list] = {k: [] for k in (
             "query_key", "query_id", "query_lat", "query_lon", "cand_key", "cand_id", "cand_lat", "cand_lon",
-            "cand_source", "cand_rank", "cand_texts", "dists", "retrieval_km")}
+            "cand_source", "cand_rank", "cand_texts", "dists", "retrieval_km", "negative_texts")}
         self.skipped: Counter = Counter()
         self.read = 0
 
     def add(self, row: dict[str, Any]) -> None:
         self.read += 1
         spec, G = self.spec, self.spec.group_size
+        if "cand_lat" not in row and "ref_gps" in row:
+            row, spec = from_georanking(row), georanking_spec(spec)
         key = _first_present(row, KEY_COLUMNS)
         lat, lon = row.get("lat"), row.get("lon")
         if key is None or lat is None or lon is None or not valid_latlon(np.array([lat]), np.array([lon]))[0]:
@@ -204,6 +257,15 @@ class _Builder:
         r["cand_texts"].append([tuple(str(t) for t in (texts[i] or []) if t is not None) for i in sel])
         r["dists"].append(dist[sel])
         r["retrieval_km"].append(retrieval)
+        # GeoRanker's "negative examples": the last retrieved entries outside the group (band
+        # negatives are drawn around the true location, so showing them would leak it)
+        chosen = set(sel)
+        rest = [i for i in range(n) if i not in chosen and ok[i] and sources[i] != "negative"
+                and not (spec.skip_first and i == 0)]
+        r["negative_texts"].append(negative_example_texts({
+            "ref_gps": [[float(clat[i]), float(clon[i])] for i in rest],
+            "ref_texts": [[str(t) for t in (texts[i] or []) if t is not None] for i in rest],
+        }) if rest else [])
 
     def build(self) -> Groups:
         r, G = self.rows, self.spec.group_size
@@ -235,6 +297,7 @@ class _Builder:
             dists=np.asarray(r["dists"], dtype=np.float32).reshape(N, G),
             mask=np.ones((N, G), dtype=bool),
             retrieval_km=np.asarray(r["retrieval_km"], dtype=np.float64),
+            negative_texts=obj(r["negative_texts"], (N,)),
             skipped=dict(self.skipped),
             rows_read=self.read,
         )
@@ -293,34 +356,54 @@ def _local_cache_dir(local: Path) -> Path:
     return Path(ds_config.HF_DATASETS_CACHE) / "geobuild-local" / h.hexdigest()[:16]
 
 
-def load_split(source: str | Path, split: str):
-    """``datasets.load_dataset(SOURCE, "candidates", split=split)`` for a local folder or Hub repo."""
+def _is_parquet_source(source: str | Path) -> bool:
+    s = str(source)
+    return s.endswith(".parquet") and (Path(s).is_file() or any(ch in s for ch in "*?["))
+
+
+def load_split(source: str | Path, split: str, config: str = "candidates"):
+    """``datasets.load_dataset(SOURCE, config, split=split)`` for a local folder or Hub repo.
+
+    A Parquet file (or glob) such as GeoRanker's own ``GeoRanking.parquet`` loads with the
+    ``parquet`` builder; it has one split, ``train``.
+    """
     import os
 
     from ..errors import require
 
     datasets = require("datasets", "hub")
+    if _is_parquet_source(source):
+        if split != "train":
+            raise GeobuildError(f"{source} is a single Parquet file: it has only the 'train' split, not '{split}'")
+        try:
+            return datasets.load_dataset("parquet", data_files=str(source), split="train")
+        except Exception as exc:  # unreadable or not Parquet
+            raise GeobuildError(f"cannot read {source} as Parquet: {exc}") from None
     local = dataset_dir(source)
     target = str(local) if local is not None else str(source)
     kwargs = {"cache_dir": str(_local_cache_dir(local))} if local is not None else {}
     try:
-        return datasets.load_dataset(target, "candidates", split=split, **kwargs)
+        return datasets.load_dataset(target, config, split=split, **kwargs)
     except ValueError as exc:
         if "split" in str(exc).lower() or "Unknown split" in str(exc):
-            raise GeobuildError(f"{source} has no '{split}' split in config 'candidates' ({exc})") from None
-        raise GeobuildError(f"cannot load config 'candidates' of {source}: {exc}") from None
+            raise GeobuildError(f"{source} has no '{split}' split in config '{config}' ({exc})") from None
+        raise GeobuildError(f"cannot load config '{config}' of {source}: {exc}") from None
     except FileNotFoundError as exc:
         offline = " (offline: HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise GeobuildError(f"dataset {source} not found{offline}: {exc}") from None
 
 
-def groups_from_dataset(source: str | Path, split: str, spec: GroupSpec, batch_size: int = 1024) -> Groups:
-    """Groups of one split of a published dataset (streamed in batches)."""
-    ds = load_split(source, split)
-    check_columns(ds.column_names, f"{source} ({split})")
-    keep = [c for c in ds.column_names if c in set(REQUIRED) | set(KEY_COLUMNS) | {
-        "cand_key", "cand_id", "cand_source", "cand_rank", "cand_texts", "cand_dist_km", "query_km"}]
-    ds = ds.select_columns(keep)
+def groups_from_dataset(
+    source: str | Path, split: str, spec: GroupSpec, batch_size: int = 1024, config: str = "candidates"
+) -> Groups:
+    """Groups of one split of a published dataset, or of a GeoRanking Parquet file (streamed in batches)."""
+    ds = load_split(source, split, config)
+    check_columns(ds.column_names, f"{source} ({config}, {split})")
+    wanted = set(REQUIRED) | set(KEY_COLUMNS) | {
+        "cand_key", "cand_id", "cand_source", "cand_rank", "cand_texts", "cand_dist_km", "query_km"}
+    if is_georanking(ds.column_names):
+        wanted = {"img_id", "gps", "ref_gps", "ref_img_id", "ref_texts"}
+    ds = ds.select_columns([c for c in ds.column_names if c in wanted])
 
     def rows():
         for batch in ds.iter(batch_size=batch_size):

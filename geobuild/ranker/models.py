@@ -58,6 +58,7 @@ class GroupBatch:
     cand_texts: list[list[tuple[str, ...]]]
     dists: Any  # torch.float32 [B, G] (targets: only the loss may read them)
     mask: Any  # torch.bool [B, G]
+    negative_texts: list[list[str]] | None = None  # GeoRanker's "negative examples" text per group
 
     def to(self, device) -> "GroupBatch":
         for name in ("index", "cand_lat", "cand_lon", "cand_source", "cand_rank", "dists", "mask"):
@@ -82,6 +83,7 @@ def make_batch(groups: Groups, idx: np.ndarray) -> GroupBatch:
         cand_texts=[list(r) for r in groups.cand_texts[idx]],
         dists=torch.from_numpy(groups.dists[idx].astype(np.float32)),
         mask=torch.from_numpy(groups.mask[idx].copy()),
+        negative_texts=[list(groups.negative_texts[i]) for i in idx] if groups.negative_texts is not None else None,
     )
 
 

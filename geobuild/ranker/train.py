@@ -43,7 +43,8 @@ RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cach
 class TrainConfig:
     """Everything that defines a training run (CLI options or a YAML file with these keys)."""
 
-    data: str = ""  # published dataset folder (with dataset/ and images/) or Hub repo ORG/NAME
+    data: str = ""  # published dataset folder (with dataset/ and images/), Hub repo ORG/NAME, or a GeoRanking .parquet
+    data_config: str = "candidates"  # dataset config to read: candidates, or georanker (GeoRanking columns)
     out: str = ""
     train_split: str = "train"
     val_split: str | None = "validation"
@@ -84,7 +85,11 @@ class TrainConfig:
         p = Path(path)
         if not p.exists():
             raise GeobuildError(f"config file not found: {p}")
-        doc = yaml.safe_load(p.read_text()) or {}
+        try:
+            doc = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
+            detail = " ".join(str(exc).split())
+            raise GeobuildError(f"cannot read the training config {p} ({detail}); fix its YAML and rerun") from None
         if not isinstance(doc, dict):
             raise GeobuildError(f"{p} must hold a mapping of training settings")
         return cls().merged(doc, where=str(p), keep_none=True)
@@ -92,11 +97,15 @@ class TrainConfig:
     def merged(self, values: dict[str, Any], where: str = "options", keep_none: bool = False) -> "TrainConfig":
         """A copy with ``values`` applied (``None`` means "not given" unless ``keep_none``)."""
         names = {f.name for f in fields(self)}
-        unknown = sorted(set(values) - names)
+        unknown = sorted(str(k) for k in set(values) - names)
         if unknown:
-            raise GeobuildError(f"unknown training setting(s) in {where}: {', '.join(unknown)}")
+            raise GeobuildError(
+                f"unknown training setting(s) in {where}: {', '.join(unknown)}; known settings: {', '.join(sorted(names))}"
+            )
+        hints = _field_types()
         d = asdict(self)
-        d.update({k: v for k, v in values.items() if keep_none or v is not None})
+        given = {k: _coerce(k, v, hints[k], where) for k, v in values.items() if keep_none or v is not None}
+        d.update({k: v for k, v in given.items() if v is not _UNSET})
         cfg = TrainConfig(**d)
         cfg.sources = list(cfg.sources)
         return cfg
@@ -118,6 +127,84 @@ class TrainConfig:
                 raise GeobuildError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.lam <= 1.0:
             raise GeobuildError(f"lam must lie in [0, 1], got {self.lam}")
+
+
+def _field_types() -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(TrainConfig)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list of strings", tuple: "a list of strings", dict: "a mapping"}
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_BAD, _UNSET = object(), object()
+
+
+def _coerce(name: str, value: Any, hint: Any, where: str) -> Any:
+    """``value`` converted to the simple type ``hint`` of setting ``name``; one clear error if it is not one."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    optional = False
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        if value is None and optional:
+            return None
+        if len(args) != 1:
+            return value
+        hint = args[0]
+        origin = typing.get_origin(hint)
+    base = origin or hint
+    if base not in _TYPE_NAMES:
+        return value
+    if value is None:
+        return _UNSET  # an empty YAML value where null is no option: keep the default
+    out: Any = _BAD
+    if base is bool:
+        if isinstance(value, bool):
+            out = value
+        elif isinstance(value, (int, str)) and str(value).strip().lower() in _TRUE + _FALSE:
+            out = str(value).strip().lower() in _TRUE
+    elif isinstance(value, bool):
+        pass  # YAML yes/no/true/false where a number or a string belongs
+    elif base is int:
+        if isinstance(value, int):
+            out = value
+        elif isinstance(value, float) and value.is_integer():
+            out = int(value)
+        elif isinstance(value, str):
+            try:
+                out = int(value.strip())
+            except ValueError:
+                pass
+    elif base is float:
+        if isinstance(value, (int, float)):
+            out = float(value)
+        elif isinstance(value, str):
+            try:
+                out = float(value.strip())  # YAML 1.1 reads 1e-3 as a string
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, (str, int, float)):
+            out = str(value)
+    elif base in (list, tuple):
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+            out = base(items)
+    elif base is dict:
+        if isinstance(value, dict):
+            out = dict(value)
+    if out is _BAD:
+        raise GeobuildError(
+            f"training setting '{name}' in {where} must be {_TYPE_NAMES[base]}"
+            + (" (or null)" if optional else "")
+            + f", got {value!r}"
+        )
+    return out
 
 
 def resolve_device(device: str) -> str:
@@ -209,7 +296,14 @@ def load_checkpoint(path: str | Path) -> dict:
         p = p / "checkpoints" / "last.pt"
     if not p.exists():
         raise GeobuildError(f"checkpoint not found: {p} (train one with 'geobuild train-ranker')")
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:  # not a torch file at all: pickle, zip, magic-number or EOF errors
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise GeobuildError(
+            f"{p} is not a geobuild ranker checkpoint: {detail}; pass a checkpoints/*.pt file or the "
+            "output folder of 'geobuild train-ranker'"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise GeobuildError(f"{p} is not a geobuild ranker checkpoint")
     if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -251,11 +345,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
 
     spec = cfg.group_spec()
-    train_groups = groups_from_dataset(cfg.data, cfg.train_split, spec)
+    train_groups = groups_from_dataset(cfg.data, cfg.train_split, spec, config=cfg.data_config)
     val_groups = None
     if cfg.val_split:
         try:
-            val_groups = groups_from_dataset(cfg.data, cfg.val_split, spec)
+            val_groups = groups_from_dataset(cfg.data, cfg.val_split, spec, config=cfg.data_config)
         except GeobuildError as exc:
             if cfg.val_split != "validation":
                 raise

@@ -458,7 +458,8 @@ class VlmRanker(torch.nn.Module):
                 RankCandidate(lat[b][j], lon[b][j], location_text(batch.cand_texts[b][j]), cstore.get(ckey))
                 for j, ckey in enumerate(batch.cand_key[b])
             ]
-            out.append(RankGroup(query, cands))
+            negatives = batch.negative_texts[b] if batch.negative_texts is not None else []
+            out.append(RankGroup(query, cands, negatives=list(negatives)))
         return out
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import GeobuildError
 
 PART_SUFFIX = re.compile(r"^(?P<stem>.*?)(?P<num>\d+)$")
+GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 class ChainedParts(io.RawIOBase):
@@ -61,10 +62,13 @@ class ChainedParts(io.RawIOBase):
 def find_parts(path: Path) -> list[Path]:
     """The files making up the tar: ``path`` itself, or every numbered part beside it.
 
-    ``mp-16-images00`` (or the stem ``mp-16-images`` when no such file exists) selects
+    ``mp-16-images00`` (or the stem ``mp-16-images`` when no such file exists, or a shell glob
+    ``mp-16-images??`` / ``mp-16-images*`` quoted so the shell leaves it alone) selects
     ``mp-16-images00``, ``mp-16-images01``, ... in numeric order.
     """
     path = Path(path)
+    if GLOB_CHARS.search(path.name) and not path.exists():
+        return _glob_parts(path)
     if path.is_file() and not PART_SUFFIX.match(path.name):
         return [path]
     stem = path.name
@@ -88,6 +92,23 @@ def find_parts(path: Path) -> list[Path]:
     if nums != list(range(nums[0], nums[0] + len(nums))):
         raise GeobuildError(f"tar parts of {stem} are not consecutive: found numbers {nums}; a part is missing")
     return [p for _, p in parts]
+
+
+def _glob_parts(path: Path) -> list[Path]:
+    """Parts named by a glob: trailing ``?``/``*`` are dropped and the rest is the stem; any other
+    glob is expanded (files only) and ordered by the number ending each name."""
+    stem = path.name.rstrip("?*")
+    if stem and not GLOB_CHARS.search(stem):
+        return find_parts(path.parent / stem)
+    if GLOB_CHARS.search(str(path.parent)):
+        raise GeobuildError(f"images not found: {path} (only the file name may be a glob)")
+    hits = sorted(p for p in path.parent.glob(path.name) if p.is_file()) if path.parent.is_dir() else []
+    if not hits:
+        raise GeobuildError(f"images not found: {path} (the glob matches no file)")
+    numbered = [(PART_SUFFIX.match(p.name), p) for p in hits]
+    if all(m for m, _ in numbered):
+        return [p for _, p in sorted(numbered, key=lambda mp: (mp[0].group("stem"), int(mp[0].group("num"))))]
+    return hits
 
 
 def is_tar_input(path: Path) -> bool:

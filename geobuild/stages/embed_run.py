@@ -25,7 +25,7 @@ from ..errors import GeobuildError
 from ..ledger import reject
 from ..log import get_logger
 from ..runfolder import RunFolder, atomic_path
-from ..schemas import table
+from ..schemas import json_version, table
 from ..stage import UnitResult
 from .embed import EmbedConfig, default_num_workers
 from .embed_loader import Block, ShardImages
@@ -35,6 +35,7 @@ log = get_logger("embed")
 
 def model_info(cfg: EmbedConfig, enc: Encoder) -> dict[str, Any]:
     return {
+        "schema_version": json_version("embeddings_model"),
         "model": cfg.model,
         "dim": enc.dim,
         "dtype": cfg.dtype,

@@ -16,7 +16,6 @@ Two units of work:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..geo import valid_latlon
 from ..ledger import reject
 from ..log import get_logger, progress
 from ..runfolder import RunFolder, atomic_path
-from ..stage import Stage, UnitResult
+from ..stage import Stage, UnitResult, device_resources
 from .distances import remove_leftovers
 
 log = get_logger("index")
@@ -172,6 +171,11 @@ class IndexStage(Stage):
     def from_config(cls, section: dict[str, Any] | None = None) -> "IndexStage":
         return cls(IndexConfig(**(section or {})))
 
+    @property
+    def resources(self) -> dict[str, float]:  # type: ignore[override]
+        """One GPU per unit on ``device: cuda`` (or ``auto`` on a cluster with GPUs), for the GPS gallery encoding."""
+        return device_resources(self.cfg.device)
+
     def config(self) -> dict[str, Any]:
         return self.cfg.recorded()
 
@@ -218,7 +222,7 @@ def build_gallery(run: RunFolder, cfg: IndexConfig) -> UnitResult:
 
     from .. import faiss_index as fi
     from ..knn import recall_at_k, topk_numpy
-    from ..schemas import arrow_schema
+    from ..schemas import arrow_schema, json_version
 
     t0 = time.time()
     units, model, sizes = check_embeddings(run)
@@ -275,6 +279,7 @@ def build_gallery(run: RunFolder, cfg: IndexConfig) -> UnitResult:
         with atomic_path(run.path(INDEX_DIR, GALLERY_FILE)) as tmp:
             faiss.write_index(index, str(tmp))
     info = {
+        "schema_version": json_version("index_info"),
         "model": model.get("model"),
         "dim": dim,
         "dtype": model.get("dtype"),
@@ -361,7 +366,7 @@ def build_gps_gallery(run: RunFolder, cfg: IndexConfig) -> UnitResult:
     import pyarrow.parquet as pq
 
     from ..location_encoder import FEATURE_DIM, encode_gps, geoclip_gallery_csv
-    from ..schemas import table
+    from ..schemas import json_version, table
 
     source = cfg.gps_gallery
     for name in (GPS_FILE, GPS_FEATURES_FILE, GPS_INFO_FILE):
@@ -378,6 +383,7 @@ def build_gps_gallery(run: RunFolder, cfg: IndexConfig) -> UnitResult:
     with atomic_path(run.path(INDEX_DIR, GPS_FILE)) as tmp:
         pq.write_table(table("gps_gallery", {"lat": lat, "lon": lon}), tmp)
     info = {
+        "schema_version": json_version("gps_info"),
         "source": "geoclip:coordinates_100K" if source == "geoclip" else str(path.resolve()),
         "n": int(lat.shape[0]),
         "rejected": len(ledger),

@@ -42,6 +42,9 @@ SCHEMA = "candidates"
 GPS_SCORERS = ("kde", "geoclip")
 NEGATIVE_POOLS = ("gallery", "gps", "both")
 SOURCES = ("image", "gps", "negative")
+#: rows per Parquet row group of candidates/<unit>.parquet: readers (the distances stage) decode
+#: one row group at a time, so this bounds their memory whatever the shard size
+CANDIDATES_ROW_GROUP = 1024
 
 
 def candidates_path(run: RunFolder, unit: str) -> Path:
@@ -142,7 +145,18 @@ def check_models(run: RunFolder, cfg: MineConfig) -> dict[str, Any]:
     gpath = index_path(grun, INFO_FILE)
     if not gpath.exists():
         raise GeobuildError(f"no gallery index in {grun.root} (missing {gpath}); run: geobuild index --run {grun.root}")
-    ginfo = json.loads(gpath.read_text())
+    try:
+        ginfo = json.loads(gpath.read_text())
+        why = "" if isinstance(ginfo, dict) else "not a JSON object"
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        why = str(exc)
+    if why:
+        from .index import GALLERY_UNIT
+
+        raise GeobuildError(
+            f"unreadable gallery index info {gpath} ({why}); redo the index: remove {gpath} and "
+            f"{grun.marker_path('index', GALLERY_UNIT)}, then run: geobuild index --run {grun.root}"
+        )
     if str(ginfo.get("model")) != str(info.get("model")) or int(ginfo.get("dim", -1)) != int(info.get("dim", -2)):
         raise GeobuildError(
             f"the gallery in {grun.root} was built with {ginfo.get('model')} ({ginfo.get('dim')}-d) but the queries in "
@@ -235,6 +249,13 @@ class MineStage(Stage):
     cfg: MineConfig = field(default_factory=MineConfig)
     selected: list[str] | None = None
     name: ClassVar[str] = "mine"
+
+    @property
+    def resources(self) -> dict[str, float]:  # type: ignore[override]
+        """One GPU per unit on ``device: cuda`` (or ``auto`` on a cluster with GPUs), for the gallery search."""
+        from ..stage import device_resources
+
+        return device_resources(self.cfg.device)
 
     def config(self) -> dict[str, Any]:
         return self.cfg.recorded()
@@ -428,7 +449,7 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
         np.concatenate(rank).astype(np.int32) if rank else np.zeros(0, np.int32), c_text, dist, band, table,
     )
     with atomic_path(candidates_path(run, unit)) as tmp:
-        pq.write_table(tbl, tmp)
+        pq.write_table(tbl, tmp, row_group_size=CANDIDATES_ROW_GROUP)
     by_source = {s: int(sum(1 for v in src if v == s)) for s in SOURCES}
     stats.update({
         "mined": int(m.size),
@@ -515,6 +536,7 @@ def _build_table(unit, q_key, q_id, q_lat, q_lon, q_author, q_text, offsets, src
 
 def read_candidates(run: RunFolder | str, unit: str):
     """``candidates/<unit>.parquet`` as an Arrow table (schema-checked)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ..schemas import check
@@ -523,6 +545,12 @@ def read_candidates(run: RunFolder | str, unit: str):
     path = candidates_path(run, unit)
     if not path.exists():
         raise GeobuildError(f"no candidates for shard {unit} in {run.root} ({path}); run: geobuild mine --run {run.root}")
-    tbl = pq.read_table(path)
+    try:
+        tbl = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise GeobuildError(
+            f"unreadable candidates file {path} ({exc}); redo it: remove {run.marker_path('mine', unit)} "
+            f"and run geobuild mine --run {run.root} --shards {unit}"
+        ) from None
     check(tbl, SCHEMA, str(path))
     return tbl

@@ -71,12 +71,9 @@ class PublishConfig:
             self.gallery_run = str(Path(self.gallery_run).expanduser().resolve())
 
 
-def georanker_converter() -> Callable[[pa.Table], tuple[pa.Table, list[dict[str, Any]]]] | None:
-    """Candidates -> (GeoRanking table, dropped rows) via :mod:`geobuild.georanker`, if present."""
-    try:
-        from ..georanker import candidates_to_georanking
-    except ImportError:
-        return None
+def georanker_converter() -> Callable[[pa.Table], tuple[pa.Table, list[dict[str, Any]]]]:
+    """Candidates -> (GeoRanking table, dropped rows) via :mod:`geobuild.georanker`."""
+    from ..georanker import candidates_to_georanking
 
     def convert(table: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
         conv = candidates_to_georanking(table)
@@ -186,8 +183,6 @@ class PublishStage(Stage):
         if not units:
             raise GeobuildError(f"no candidates in {run.path('candidates')}; run `geobuild mine` and `geobuild distances` first")
         convert = georanker_converter()
-        if convert is None:
-            log.warning("geobuild.georanker is not available: staging the 'candidates' config only")
         final = Path(cfg.to) / DATASET_REPO
         _fresh(final)
         rejects: list[dict[str, Any]] = []
@@ -195,9 +190,8 @@ class PublishStage(Stage):
         hist, points = plots.DistanceHistogram(), plots.PointSample()
         with atomic_path(final) as tmp:
             tmp.mkdir(parents=True)
-            writers = {"candidates": {s: ParquetSplitWriter(tmp / "candidates", s, cfg.rows_per_file) for s in SPLITS}}
-            if convert is not None:
-                writers["georanker"] = {s: ParquetSplitWriter(tmp / "georanker", s, cfg.rows_per_file) for s in SPLITS}
+            writers = {name: {s: ParquetSplitWriter(tmp / name, s, cfg.rows_per_file) for s in SPLITS}
+                       for name in ("candidates", "georanker")}
             georanker_schema = None
             for unit in units:
                 table, rej = joined_unit(run, unit)
@@ -213,11 +207,10 @@ class PublishStage(Stage):
                         continue
                     part = table.filter(pa.array(mask))
                     writers["candidates"][s].write(part)
-                    if convert is not None:
-                        gr, dropped = convert(part)
-                        rejects += dropped
-                        georanker_schema = georanker_schema or gr.schema.remove_metadata()
-                        writers["georanker"][s].write(gr.replace_schema_metadata(None))
+                    gr, dropped = convert(part)
+                    rejects += dropped
+                    georanker_schema = georanker_schema or gr.schema.remove_metadata()
+                    writers["georanker"][s].write(gr.replace_schema_metadata(None))
                     c = counts[s]
                     c["queries"] += len(part)
                     c["candidates"] += int(pc.sum(part.column("n_candidates")).as_py() or 0)
@@ -234,11 +227,10 @@ class PublishStage(Stage):
                 "candidates": {"schema": candidates_schema(), "splits": written["candidates"], "pattern": "candidates/{split}-*.parquet",
                                "descriptions": {**card.schema_descriptions("candidates"), **_distance_descriptions()},
                                "about": CANDIDATES_ABOUT},
+                "georanker": {"schema": georanker_schema or writers["georanker"]["train"].schema,
+                              "splits": written["georanker"], "pattern": "georanker/{split}-*.parquet",
+                              "descriptions": GEORANKER_DESCRIPTIONS, "about": GEORANKER_ABOUT},
             }
-            if convert is not None:
-                configs["georanker"] = {"schema": georanker_schema or writers["georanker"]["train"].schema,
-                                        "splits": written["georanker"], "pattern": "georanker/{split}-*.parquet",
-                                        "descriptions": GEORANKER_DESCRIPTIONS, "about": GEORANKER_ABOUT}
             text = card.dataset_card(
                 configs=configs, pretty_name=cfg.pretty_name, license=cfg.license,
                 counts={s: dict(counts[s]) for s in SPLITS}, rejects=ledger_rejects(run, rejects),

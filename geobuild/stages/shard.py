@@ -33,6 +33,8 @@ Units for a streamed tar (MP16-Pro's ``mp-16-images.tar`` or its parts)
 from __future__ import annotations
 
 import math
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from ..images import ImageOptions, ImageReject, prepare_jpeg
 from ..ledger import OK, reject
 from ..log import get_logger
 from ..runfolder import RunFolder, atomic_path, remove_stale_temps
+from ..schemas import json_version
 from ..shards import ShardWriter, json_bytes, shard_name, write_sizes
 from ..stage import Stage, StageSummary, UnitResult
 from ..sources.metadata import (
@@ -65,6 +68,7 @@ NO_METADATA = "no_metadata"
 DUPLICATE_IMAGE = "duplicate_image"
 NO_GPS = "no_gps"
 BAD_LATLON = "bad_latlon"
+READ_ERROR = "read_error"
 
 
 @dataclass
@@ -191,8 +195,10 @@ class ShardStage(Stage):
         return [shard_name(i) for i in range(max(1, math.ceil(n / self.cfg.samples_per_shard)))]
 
     # -- one sample -----------------------------------------------------------------------------
-    def _sample(self, row: dict[str, Any], data: bytes, text_cols: list[str], lat: float, lon: float) -> tuple[dict[str, bytes], bool]:
-        img = prepare_jpeg(data, self.cfg.image_options())
+    def _sample(self, row: dict[str, Any], data: bytes, text_cols: list[str], lat: float, lon: float,
+                img: Any = None) -> tuple[dict[str, bytes], bool]:
+        if img is None:
+            img = prepare_jpeg(data, self.cfg.image_options())
         meta: dict[str, Any] = {
             "key": row["key"],
             "id": row["id"],
@@ -235,10 +241,20 @@ class ShardStage(Stage):
                     if name is None:
                         status, msg = MISSING_IMAGE, f"no image file for id {id_!r} in {self.cfg.images}"
                     else:
+                        img = None
                         try:
                             data = files.read(name)
-                        except (OSError, KeyError, ValueError) as exc:
-                            data, status, msg = None, "read_error", f"cannot read {name}: {exc}"
+                        except (OSError, KeyError, ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+                            # a damaged zip member (bad deflate stream, CRC mismatch, truncated)
+                            # loses this sample only, never the unit
+                            data, status, msg = None, READ_ERROR, f"cannot read {name}: {type(exc).__name__}: {exc}"
+                        if data is not None and exif:
+                            # decode first, so an empty or broken file is empty_file / bad_image,
+                            # not no_gps
+                            try:
+                                img = prepare_jpeg(data, self.cfg.image_options())
+                            except ImageReject as exc:
+                                data, status, msg = None, exc.status, f"{name}: {exc}"
                         if data is not None and exif:
                             gps = gps_from_bytes(data)
                             if gps is None:
@@ -249,7 +265,7 @@ class ShardStage(Stage):
                                     status, msg = BAD_LATLON, latlon_problem(lat, lon, lat, lon)
                         if status == OK and data is not None:
                             try:
-                                files_out, re = self._sample(row, data, text_cols, lat, lon)
+                                files_out, re = self._sample(row, data, text_cols, lat, lon, img)
                                 writer.write(key, files_out)
                                 reencoded += re
                             except ImageReject as exc:
@@ -261,7 +277,7 @@ class ShardStage(Stage):
             for entry in _orphans(plan, files.names, by_key):
                 counts[entry["status"]] = counts.get(entry["status"], 0) + 1
                 ledger.append(entry)
-        stats = {"samples": samples, "inputs": len(ledger), "by_status": counts, "reencoded": reencoded,
+        stats = {"schema_version": json_version("shard_stats"), "samples": samples, "inputs": len(ledger), "by_status": counts, "reencoded": reencoded,
                  "rows": [k * n, k * n + len(rows)]}
         return UnitResult(stats=stats, ledger=ledger)
 

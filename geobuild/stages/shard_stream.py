@@ -17,6 +17,7 @@ from ..images import BAD_IMAGE, ImageReject
 from ..ledger import OK, reject
 from ..log import get_logger, progress
 from ..runfolder import RunFolder
+from ..schemas import json_version
 from ..shards import ShardWriter, shard_name
 from ..stage import StageSummary, UnitResult, execute_unit
 from ..sources.metadata import member_keys
@@ -49,7 +50,7 @@ class _StreamUnit:
 
     def finish(self) -> UnitResult:
         self._writer.__exit__(None, None, None)
-        stats = {"samples": self.writer.count, "inputs": len(self.ledger), "by_status": self.counts,
+        stats = {"schema_version": json_version("shard_stats"), "samples": self.writer.count, "inputs": len(self.ledger), "by_status": self.counts,
                  "reencoded": self.reencoded, "members": self.members, "final": self.final}
         return UnitResult(stats=stats, ledger=self.ledger)
 
