@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from .errors import GeobuildError
-from .runfolder import RunFolder, atomic_path
+from .runfolder import RunFolder, atomic_path, read_json
 from .schemas import check
 
 DIRNAME = "embeddings"
@@ -62,17 +61,9 @@ def read_model_info(run: RunFolder | str | Path) -> dict[str, Any]:
     path = model_info_path(run)
     if not path.exists():
         raise GeobuildError(f"no embeddings in {_run(run).root} ({path.name} missing); run geobuild embed first")
-    try:
-        info = json.loads(path.read_text())
-        why = "" if isinstance(info, dict) else "not a JSON object"
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        why = str(exc)
-    if why:
-        rf = _run(run)
-        raise GeobuildError(
-            f"unreadable embedding model info {path} ({why}); redo the embeddings: remove {path} and "
-            f"{rf.path('done', 'embed')}, then run: geobuild embed --run {rf.root} (with the same --model)"
-        )
+    rf = _run(run)
+    info = read_json(path, f"redo the embeddings: remove {path} and {rf.path('done', 'embed')}, "
+                           f"then run: geobuild embed --run {rf.root} (with the same --model)")
     from .schemas import check_json
 
     check_json(info, "embeddings_model", str(path))  # files without schema_version are accepted

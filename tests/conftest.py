@@ -18,6 +18,8 @@ def shared_dir() -> Path:
 def shared() -> Path:
     d = shared_dir()
     if not (d / "data" / "im2gps3k" / "im2gps3ktest.zip").exists():
+        if os.environ.get("CI"):  # CI always has the sample beside the checkout: a missing one is a failure
+            pytest.fail(f"shared sample data not found under {d} (set GEOBUILD_SHARED)")
         pytest.skip(f"shared sample data not found under {d}")
     return d
 

@@ -207,3 +207,14 @@ def test_negative_example_texts_are_the_retrieved_entries_outside_the_group(data
     assert len(texts) == 2 and all(t.startswith("latitude: ") and ", longitude: " in t for t in texts)
     batch = make_batch(groups, np.array([0, 1]))
     assert batch.negative_texts[0] == list(texts)
+
+
+def test_pretrained_location_encoder_features(dataset, tmp_path):
+    pytest.importorskip("geoclip")
+    out = tmp_path / "geoclip-loc"
+    res = run_cli("train-ranker", "--data", str(dataset), "--out", str(out), "--epochs", "3", "--location", "geoclip", *SMALL)
+    assert res.exit_code == 0, res.output
+    rows = history(out)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    cfg = json.loads((out / "final.json").read_text())
+    assert cfg["finished"]

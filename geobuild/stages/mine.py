@@ -135,8 +135,6 @@ def _text_column(meta: pd.DataFrame, col: str) -> np.ndarray:
 
 def check_models(run: RunFolder, cfg: MineConfig) -> dict[str, Any]:
     """The query run's model info; one clear error if the gallery was built with another model."""
-    import json
-
     from ..embeddings import read_model_info
     from ..gallery import INFO_FILE, index_path
 
@@ -145,18 +143,11 @@ def check_models(run: RunFolder, cfg: MineConfig) -> dict[str, Any]:
     gpath = index_path(grun, INFO_FILE)
     if not gpath.exists():
         raise GeobuildError(f"no gallery index in {grun.root} (missing {gpath}); run: geobuild index --run {grun.root}")
-    try:
-        ginfo = json.loads(gpath.read_text())
-        why = "" if isinstance(ginfo, dict) else "not a JSON object"
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        why = str(exc)
-    if why:
-        from .index import GALLERY_UNIT
+    from ..runfolder import read_json
+    from .index import GALLERY_UNIT
 
-        raise GeobuildError(
-            f"unreadable gallery index info {gpath} ({why}); redo the index: remove {gpath} and "
-            f"{grun.marker_path('index', GALLERY_UNIT)}, then run: geobuild index --run {grun.root}"
-        )
+    ginfo = read_json(gpath, f"redo the index: remove {gpath} and {grun.marker_path('index', GALLERY_UNIT)}, "
+                             f"then run: geobuild index --run {grun.root}")
     if str(ginfo.get("model")) != str(info.get("model")) or int(ginfo.get("dim", -1)) != int(info.get("dim", -2)):
         raise GeobuildError(
             f"the gallery in {grun.root} was built with {ginfo.get('model')} ({ginfo.get('dim')}-d) but the queries in "
