@@ -126,7 +126,9 @@ def write_candidates(run, unit: str, lat, lon, clat, clon) -> None:
     cols["cand_within"] = [[[False] * 5] * g] * n
     path = run.path("candidates", f"{unit}.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table("candidates", cols), path)
+    from geobuild.stages.mine import CANDIDATES_ROW_GROUP
+
+    pq.write_table(table("candidates", cols), path, row_group_size=CANDIDATES_ROW_GROUP)  # as mine writes it
     run.marker_path("mine", unit).parent.mkdir(parents=True, exist_ok=True)
     run.marker_path("mine", unit).write_text("{}")
 
@@ -136,6 +138,9 @@ def stage_unit(root: str, method: str, batch_rows: int) -> dict:
     from geobuild.runfolder import RunFolder
     from geobuild.stage import run_stage
     from geobuild.stages.distances import DistancesConfig, DistancesStage
+
+    import pyarrow.compute  # noqa: F401  imported once per process by a real run, not per unit
+    import pyarrow.parquet  # noqa: F401
 
     run = RunFolder(root)
     t = time.perf_counter()
