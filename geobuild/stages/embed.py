@@ -67,17 +67,11 @@ class EmbedStage(Stage):
     # -- Stage API ----------------------------------------------------------------------------
     @property
     def resources(self) -> dict[str, float]:  # type: ignore[override]
-        """One GPU per unit when the stage runs on CUDA; decode workers + 1 CPUs."""
-        gpu = self.cfg.device.startswith("cuda")
-        if self.cfg.device == "auto":
-            try:
-                import torch
+        """One GPU per unit on ``device: cuda`` (or ``auto`` where the cluster has GPUs: decided by the
+        executor, not by the driver's own devices); decode workers + 1 CPUs."""
+        from ..stage import device_resources
 
-                gpu = torch.cuda.is_available()
-            except ImportError:  # pragma: no cover
-                gpu = False
-        workers = self.cfg.num_workers or 1
-        return {"num_cpus": float(workers + 1), "num_gpus": 1.0 if gpu else 0.0}
+        return device_resources(self.cfg.device, num_cpus=float((self.cfg.num_workers or 1) + 1))
 
     def config(self) -> dict[str, Any]:
         """What determines the outputs; execution settings (device, batch size, workers) may change on resume."""
