@@ -114,3 +114,20 @@ def _km(la1, lo1, la2, lo2):
     from geobuild.geo import haversine_km
 
     return float(haversine_km(la1, lo1, la2, lo2))
+
+
+def test_queries_left_out_of_the_export_are_in_its_ledger(mined, tmp_path):
+    import pyarrow.parquet as pq
+
+    queries = sum(pq.read_metadata(p).num_rows for p in (mined.root / "candidates").glob("*.parquet"))
+    out = tmp_path / "gr.parquet"
+    # a tail longer than any candidate list: every query is left out, and each one is listed
+    res = runner.invoke(app, ["export", "georanker", "--run", str(mined.root), "--out", str(out), "--tail", "500"],
+                        catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    ledger = pq.read_table(tmp_path / "gr.parquet.ledger.parquet").to_pylist()
+    assert pq.read_metadata(out).num_rows + len(ledger) == queries and len(ledger) == queries
+    assert {r["status"] for r in ledger} == {"too_few_candidates"} and all(r["key"] for r in ledger)
+    # a clean export afterwards removes the stale ledger
+    res = runner.invoke(app, ["export", "georanker", "--run", str(mined.root), "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0 and not (tmp_path / "gr.parquet.ledger.parquet").exists()

@@ -25,6 +25,7 @@ def georanker(
 
     from ..errors import GeobuildError
     from ..georanker import GeorankerOptions, candidates_to_georanking
+    from ..ledger import write_ledger
     from ..runfolder import RunFolder, atomic_path
     from ..schemas import arrow_schema
     from ..shardspec import select_units
@@ -38,7 +39,8 @@ def georanker(
     opts = GeorankerOptions(group_size=group_size, group_negatives=group_negatives, tail=tail)
     target = Path(out).expanduser()
     single = target.suffix == ".parquet"
-    rows = dropped = 0
+    rows = 0
+    dropped: list[dict] = []
     if single:
         with atomic_path(target) as tmp:
             with pq.ParquetWriter(tmp, arrow_schema("georanking")) as writer:
@@ -46,7 +48,7 @@ def georanker(
                     conv = candidates_to_georanking(read_candidates(rf, u), opts)
                     writer.write_table(conv.table)
                     rows += conv.table.num_rows
-                    dropped += len(conv.dropped)
+                    dropped += conv.dropped
     else:
         if target.exists() and not target.is_dir():
             raise GeobuildError(
@@ -62,10 +64,16 @@ def georanker(
             with atomic_path(target / f"georanking-{u}.parquet") as tmp:
                 pq.write_table(conv.table, tmp)
             rows += conv.table.num_rows
-            dropped += len(conv.dropped)
+            dropped += conv.dropped
+    ledger = target.parent / f"{target.name}.ledger.parquet"
+    if dropped:  # one row per query left out, with its reason: nothing is dropped silently
+        write_ledger(ledger, dropped)
+    else:
+        ledger.unlink(missing_ok=True)
     typer.echo(
         f"export georanker: {rows} rows from {len(units)} shards to {target}"
-        + (f"; {dropped} queries dropped (fewer than {group_size + tail} candidates)" if dropped else ""),
+        + (f"; {len(dropped)} queries left out (fewer than {group_size + tail} candidates), listed in {ledger}"
+           if dropped else ""),
         err=True,
     )
 
