@@ -125,8 +125,9 @@ def georanking_spec(spec: GroupSpec) -> GroupSpec:
     return GroupSpec(group_size=spec.group_size, sources=SOURCES, select="order", skip_first=True)
 
 
-def from_georanking(row: dict[str, Any]) -> dict[str, Any]:
-    """One GeoRanking row as a candidates row (keys from image ids, sources from ``gps:`` ids)."""
+def from_georanking(row: dict[str, Any]) -> dict[str, Any] | None:
+    """One GeoRanking row as a candidates row (keys from image ids, sources from ``gps:`` ids);
+    None when its candidate lists are not aligned."""
     from ..sources.metadata import sanitize_key
 
     img_id = row.get("img_id")
@@ -136,7 +137,7 @@ def from_georanking(row: dict[str, Any]) -> dict[str, Any]:
     ids = list(row.get("ref_img_id") or [None] * n)
     texts = list(row.get("ref_texts") or [[]] * n)
     if len(ids) != n or len(texts) != n:
-        ids = [None] * (n + 1)  # misaligned lists: one entry too many, so the builder skips the row
+        return None
     is_gps = [isinstance(i, str) and i.startswith("gps:") for i in ids]
     return {
         "key": sanitize_key(str(img_id)) if img_id is not None else None,
@@ -211,6 +212,9 @@ class _Builder:
         spec, G = self.spec, self.spec.group_size
         if "cand_lat" not in row and "ref_gps" in row:
             row, spec = from_georanking(row), georanking_spec(spec)
+            if row is None:
+                self.skipped["misaligned_candidate_lists"] += 1
+                return
         key = _first_present(row, KEY_COLUMNS)
         lat, lon = row.get("lat"), row.get("lon")
         if key is None or lat is None or lon is None or not valid_latlon(np.array([lat]), np.array([lon]))[0]:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import GeobuildError
 from ..log import get_logger
 from ..runfolder import RunFolder
-from ..stage import Stage, UnitResult
+from ..stage import Stage, UnitResult, device_resources
 
 log = get_logger("embed")
 
@@ -69,8 +69,6 @@ class EmbedStage(Stage):
     def resources(self) -> dict[str, float]:  # type: ignore[override]
         """One GPU per unit on ``device: cuda`` (or ``auto`` where the cluster has GPUs: decided by the
         executor, not by the driver's own devices); decode workers + 1 CPUs."""
-        from ..stage import device_resources
-
         return device_resources(self.cfg.device, num_cpus=float((self.cfg.num_workers or 1) + 1))
 
     def config(self) -> dict[str, Any]:

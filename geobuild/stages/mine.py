@@ -33,7 +33,7 @@ from ..geocode import TEXT_FIELDS, GeocodeConfig, reverse_geocode
 from ..ledger import reject
 from ..log import get_logger
 from ..runfolder import RunFolder, atomic_path
-from ..stage import Stage, UnitResult
+from ..stage import Stage, UnitResult, device_resources
 
 log = get_logger("mine")
 
@@ -244,8 +244,6 @@ class MineStage(Stage):
     @property
     def resources(self) -> dict[str, float]:  # type: ignore[override]
         """One GPU per unit on ``device: cuda`` (or ``auto`` on a cluster with GPUs), for the gallery search."""
-        from ..stage import device_resources
-
         return device_resources(self.cfg.device)
 
     def config(self) -> dict[str, Any]:
