@@ -88,7 +88,7 @@ def sklearn_loop(lat, lon, clat, clon) -> tuple[float, int]:
 
 
 def vectorised(lat, lon, clat, clon, method: str, batch: int = 4096) -> tuple[float, int]:
-    from geobuild.geodesic import distance_km, pairwise_km
+    from geobuild.geo.geodesic import distance_km, pairwise_km
 
     t = time.perf_counter()
     for s in range(0, len(lat), batch):
@@ -101,7 +101,7 @@ def vectorised(lat, lon, clat, clon, method: str, batch: int = 4096) -> tuple[fl
 def write_candidates(run, unit: str, lat, lon, clat, clon) -> None:
     import pyarrow.parquet as pq
 
-    from geobuild.schemas import arrow_schema, table
+    from geobuild.core.schemas import arrow_schema, table
 
     n, g = clat.shape
     cols = {}
@@ -126,7 +126,7 @@ def write_candidates(run, unit: str, lat, lon, clat, clon) -> None:
     cols["cand_within"] = [[[False] * 5] * g] * n
     path = run.path("candidates", f"{unit}.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
-    from geobuild.stages.mine import CANDIDATES_ROW_GROUP
+    from geobuild.stages.mine.stage import CANDIDATES_ROW_GROUP
 
     pq.write_table(table("candidates", cols), path, row_group_size=CANDIDATES_ROW_GROUP)  # as mine writes it
     run.marker_path("mine", unit).parent.mkdir(parents=True, exist_ok=True)
@@ -135,9 +135,9 @@ def write_candidates(run, unit: str, lat, lon, clat, clon) -> None:
 
 def stage_unit(root: str, method: str, batch_rows: int) -> dict:
     """Run one distances unit on RUN/candidates/00000.parquet; seconds, pairs, peak RSS."""
-    from geobuild.runfolder import RunFolder
-    from geobuild.stage import run_stage
-    from geobuild.stages.distances import DistancesConfig, DistancesStage
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.core.runner import run_stage
+    from geobuild.stages.distances.stage import DistancesConfig, DistancesStage
 
     import pyarrow.compute  # noqa: F401  imported once per process by a real run, not per unit
     import pyarrow.parquet  # noqa: F401
@@ -186,7 +186,7 @@ def main() -> None:
         out[f"geobuild_{method}_vs_sklearn"] = r / sk
     stage = []
     with tempfile.TemporaryDirectory() as tmp:
-        from geobuild.runfolder import RunFolder
+        from geobuild.core.runfolder import RunFolder
 
         for size in args.stage_sizes:
             root = os.path.join(tmp, f"run{size}")

@@ -32,8 +32,8 @@ def shared_dir() -> Path:
 
 def build_run(root: Path, n: int) -> tuple[Path, list[bytes]]:
     """One finished shard unit with ``n`` real photos; returns (run dir, the JPEG bytes)."""
-    from geobuild.runfolder import RunFolder, atomic_path
-    from geobuild.shards import ShardWriter, json_bytes
+    from geobuild.core.runfolder import RunFolder, atomic_path
+    from geobuild.artifacts.shards import ShardWriter, json_bytes
 
     run = RunFolder(root)
     jpegs = []
@@ -63,8 +63,8 @@ def full_ips(cfg, run_dir: Path) -> float:
     """Images/s of one embed unit (outputs removed before each run)."""
     import shutil
 
-    from geobuild.runfolder import RunFolder
-    from geobuild.stages.embed_run import embed_unit
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.stages.embed.encode import embed_unit
 
     shutil.rmtree(run_dir / "embeddings", ignore_errors=True)
     t0 = time.perf_counter()
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     from PIL import Image
 
     from geobuild.encoders import load_encoder
-    from geobuild.stages.embed import EmbedConfig
+    from geobuild.stages.embed.config import EmbedConfig
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="efficientnet-lite0")

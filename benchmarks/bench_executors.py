@@ -18,9 +18,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from geobuild.executors import LocalExecutor
-from geobuild.runfolder import RunFolder, atomic_path
-from geobuild.stage import Stage, UnitResult, run_stage
+from geobuild.core.executors import LocalExecutor
+from geobuild.core.runfolder import RunFolder, atomic_path
+from geobuild.core.stage import Stage, UnitResult
+from geobuild.core.runner import run_stage
 
 
 @dataclass
@@ -87,7 +88,7 @@ def main() -> None:
     rows.append((f"local, pool of {args.workers}", timed(stage, LocalExecutor(workers=args.workers), tmp / "pool")))
     ray_start = None
     if not args.no_ray:
-        from geobuild.executors.ray_executor import RayExecutor
+        from geobuild.core.executors.ray_executor import RayExecutor
 
         ex = RayExecutor(workers=args.workers)
         t0 = time.perf_counter()

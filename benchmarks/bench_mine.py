@@ -56,7 +56,7 @@ def _peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
 
 def dense_kde(nb_lat, nb_lon, nb_sim, nb_valid, gps_lat, gps_lon, k, bandwidth_km, temperature):
     """Reference kde: density at every GPS-gallery point (no probe), top-k rows per query."""
-    from geobuild.geo import haversine_matrix_km
+    from geobuild.geo.sphere import haversine_matrix_km
 
     rows = np.full((nb_lat.shape[0], k), -1)
     for i in range(nb_lat.shape[0]):
@@ -77,11 +77,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("GEOBUILD_NO_PROGRESS", "1")
 
-    from geobuild.embeddings import embedded_units, read_embeddings
-    from geobuild.gps_candidates import kde_candidates
-    from geobuild.image_candidates import search_image_candidates
-    from geobuild.runfolder import RunFolder
-    from geobuild.stages.mine import MineConfig, mine_unit, mining_context
+    from geobuild.artifacts.embeddings import embedded_units, read_embeddings
+    from geobuild.stages.mine.gps_candidates import kde_candidates
+    from geobuild.stages.mine.image_candidates import search_image_candidates
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.stages.mine.stage import MineConfig, mine_unit, mining_context
 
     src = Path(args.run).resolve()
     tmp = Path(tempfile.mkdtemp(prefix="bench-mine-"))
@@ -108,7 +108,7 @@ def main() -> None:
     results["baseline_search_qps"] = n_q / base_s
 
     # reverse geocoder loaded before timing (it is loaded once per process in real runs too)
-    from geobuild.geocode import reverse_geocode
+    from geobuild.geo.geocode import reverse_geocode
 
     reverse_geocode([0.0], [0.0])
     variants = {

@@ -38,7 +38,7 @@ def main() -> None:
     scratch = Path(args.out or tempfile.mkdtemp(prefix="bench-publish-"))
     run_copy = scratch / "run"
     shutil.copytree(args.run, run_copy, ignore=shutil.ignore_patterns("publish", "work"))
-    from geobuild.runfolder import RunFolder
+    from geobuild.core.runfolder import RunFolder
 
     run = RunFolder(run_copy)
     conf = run.read_config()
@@ -48,10 +48,10 @@ def main() -> None:
     import yaml
 
     run.config_path.write_text(yaml.safe_dump(conf, sort_keys=False))
-    from geobuild.executors import LocalExecutor
-    from geobuild.publish.validate import require_valid
-    from geobuild.stage import run_stage
-    from geobuild.stages.publish import PublishConfig, PublishStage, UploadConfig, UploadStage
+    from geobuild.core.executors import LocalExecutor
+    from geobuild.stages.publish.validate import require_valid
+    from geobuild.core.runner import run_stage
+    from geobuild.stages.publish.stage import PublishConfig, PublishStage, UploadConfig, UploadStage
 
     staged = scratch / "staged"
     t0 = time.perf_counter()

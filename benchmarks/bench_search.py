@@ -66,8 +66,8 @@ def write_run(root: str, x: np.ndarray, per_unit: int = 50_000):
     """A run folder with x as float16 embeddings in the embed stage's format."""
     import pyarrow.parquet as pq
 
-    from geobuild.runfolder import RunFolder
-    from geobuild.schemas import arrow_schema, table
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.core.schemas import arrow_schema, table
 
     run = RunFolder(root)
     run.path("embeddings").mkdir(parents=True, exist_ok=True)
@@ -89,7 +89,7 @@ def write_run(root: str, x: np.ndarray, per_unit: int = 50_000):
 
 def gpu_info() -> dict:
     """What GPU search can use here: torch CUDA (and the device name), faiss GPUs."""
-    from geobuild import faiss_index as fi
+    from geobuild.retrieval import faiss_index as fi
 
     try:
         import torch
@@ -104,10 +104,10 @@ def gpu_info() -> dict:
 def gpu_rows(run, x: np.ndarray, q: np.ndarray, r_base: np.ndarray, t_base: float, gpu: dict, tmp: str,
              nlist: int, pq_m: int, approx: bool) -> dict:
     """torch-CUDA and faiss-GPU search of the same gallery (empty without a GPU)."""
-    from geobuild.gallery import load_gallery
-    from geobuild.knn import TorchGallery, recall_at_k
-    from geobuild.stage import run_stage
-    from geobuild.stages.index import IndexConfig, IndexStage
+    from geobuild.artifacts.gallery import load_gallery
+    from geobuild.retrieval.knn import TorchGallery, recall_at_k
+    from geobuild.core.runner import run_stage
+    from geobuild.stages.index.stage import IndexConfig, IndexStage
 
     out: dict = {}
     n_queries = q.shape[0]
@@ -134,10 +134,10 @@ def gpu_rows(run, x: np.ndarray, q: np.ndarray, r_base: np.ndarray, t_base: floa
 
 def bench_size(n: int, dim: int, n_queries: int, nlist: int, pq_m: int, approx: bool, device: str = "cpu",
                gpu: dict | None = None) -> dict:
-    from geobuild.gallery import load_gallery
-    from geobuild.knn import recall_at_k, topk_numpy
-    from geobuild.stage import run_stage
-    from geobuild.stages.index import IndexConfig, IndexStage
+    from geobuild.artifacts.gallery import load_gallery
+    from geobuild.retrieval.knn import recall_at_k, topk_numpy
+    from geobuild.core.runner import run_stage
+    from geobuild.stages.index.stage import IndexConfig, IndexStage
 
     x = clustered(n, dim, seed=1).astype(np.float16).astype(np.float32)  # what the index stores
     q = clustered(n_queries, dim, seed=2)

@@ -47,12 +47,13 @@ def baseline_tar(out: Path) -> tuple[float, int]:
 
 
 def shard_once(run: Path, images: Path, metadata: Path, fmt: str = "im2gps3k", **opts) -> tuple[float, int]:
-    from geobuild.executors import LocalExecutor
-    from geobuild.runfolder import RunFolder
-    from geobuild.stages.shard import ShardConfig, ShardStage, run_shard
+    from geobuild.core.executors import LocalExecutor
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.core.runner import run_stage
+    from geobuild.stages.shard import ShardConfig, ShardStage
 
     t0 = time.perf_counter()
-    summary = run_shard(ShardStage(ShardConfig(images=str(images), metadata=str(metadata), format=fmt, **opts)),
+    summary = run_stage(ShardStage(ShardConfig(images=str(images), metadata=str(metadata), format=fmt, **opts)),
                         RunFolder(run), LocalExecutor(workers=1))
     dt = time.perf_counter() - t0
     return dt, sum(s["samples"] for s in summary.stats.values())

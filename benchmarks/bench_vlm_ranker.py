@@ -39,7 +39,7 @@ ZIP = SHARED / "data/im2gps3k/im2gps3ktest.zip"
 
 def write_photo_tar(path: Path, limit: int | None = None) -> tuple[list[str], str]:
     """A tar of the sample photos (keys p00000...); returns keys and a description."""
-    from geobuild.shards import ShardWriter
+    from geobuild.artifacts.shards import ShardWriter
 
     keys = []
     with ShardWriter(path) as w:
@@ -68,7 +68,7 @@ def bench_photos(tar: Path, keys: list[str], n: int = 64) -> dict:
     from PIL import Image
 
     from geobuild.ranker.vlm_data import PhotoStore
-    from geobuild.shards import iter_shard
+    from geobuild.artifacts.shards import iter_shard
 
     want = random.Random(0).sample(keys, n)
     t0 = clock()

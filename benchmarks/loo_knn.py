@@ -16,8 +16,8 @@ import sys
 import numpy as np
 import pandas as pd
 
-from geobuild.embeddings import embedded_units, read_embeddings, read_model_info
-from geobuild.geo import THRESHOLDS_KM, accuracy_at, haversine_km, valid_latlon
+from geobuild.artifacts.embeddings import embedded_units, read_embeddings, read_model_info
+from geobuild.geo.sphere import THRESHOLDS_KM, accuracy_at, haversine_km, valid_latlon
 
 
 def load_run(run: str) -> tuple[np.ndarray, pd.DataFrame]:

@@ -21,9 +21,9 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
 
-    from geobuild.mine_quality import format_table, oracle_recall
-    from geobuild.runfolder import RunFolder
-    from geobuild.stages.mine import read_candidates
+    from geobuild.stages.mine.quality import format_table, oracle_recall
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.artifacts.candidates import read_candidates
 
     run = RunFolder(args.run)
     units = run.done_units("mine")

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from .errors import GeobuildError
+from .core.errors import GeobuildError
 
 app = typer.Typer(
     name="geobuild",
@@ -23,7 +23,7 @@ COMMAND_MODULES = ("shard", "embed", "index", "mine", "distances", "export", "pu
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    from .log import setup_logging
+    from .core.log import setup_logging
 
     setup_logging(verbose)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from geobuild.runfolder import RunFolder
+from geobuild.core.runfolder import RunFolder
 
 
 def clustered(n: int, dim: int, seed: int = 0, latent: int = 8, clusters: int = 40) -> np.ndarray:
@@ -58,7 +58,7 @@ def write_embeddings(
 
 def write_meta(run: RunFolder, unit: str, columns: dict) -> None:
     """embeddings/<unit>.parquet with the embed stage's schema (embeddings_meta)."""
-    from geobuild.schemas import arrow_schema, table
+    from geobuild.core.schemas import arrow_schema, table
 
     n = len(columns["key"])
     cols = {f: columns.get(f, [None] * n) for f in arrow_schema("embeddings_meta").names}
@@ -105,7 +105,7 @@ def _schema_defaults(cols: dict, n: int, g: int) -> dict:
     """Values for candidates fields added to the schema after these fixtures were written."""
     import pyarrow as pa
 
-    from geobuild.schemas import arrow_schema
+    from geobuild.core.schemas import arrow_schema
 
     out = {}
     for f in arrow_schema("candidates"):
@@ -123,7 +123,7 @@ def _schema_defaults(cols: dict, n: int, g: int) -> dict:
 
 
 def write_candidates(run: RunFolder, unit: str, columns: dict, mark_done: bool = True) -> Path:
-    from geobuild.schemas import table
+    from geobuild.core.schemas import table
 
     path = run.path("candidates", f"{unit}.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from geobuild.embeddings import meta_path, npy_path, save_npy, write_model_info
-from geobuild.runfolder import RunFolder
-from geobuild.schemas import table
-from geobuild.stage import run_stage
-from geobuild.stages.index import IndexConfig, IndexStage
+from geobuild.artifacts.embeddings import meta_path, npy_path, save_npy, write_model_info
+from geobuild.core.runfolder import RunFolder
+from geobuild.core.schemas import table
+from geobuild.core.runner import run_stage
+from geobuild.stages.index.stage import IndexConfig, IndexStage
 
 CITIES = {
     "paris": (48.8566, 2.3522),

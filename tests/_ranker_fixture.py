@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from geobuild.geo import haversine_km
-from geobuild.shards import ShardWriter, json_bytes
+from geobuild.geo.sphere import haversine_km
+from geobuild.artifacts.shards import ShardWriter, json_bytes
 
 REGIONS = [
     # lat, lon, colour, city, state, country
@@ -132,7 +132,7 @@ def make_dataset(root: Path, n_train: int = 96, n_val: int = 40, seed: int = 0, 
 
 def make_runs(root: Path, n: int = 30, seed: int = 5) -> tuple[Path, Path, list[dict]]:
     """A gallery run folder (shards) and a query run folder (shards, candidates/, distances/)."""
-    from geobuild.schemas import arrow_schema, table
+    from geobuild.core.schemas import arrow_schema, table
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)

@@ -28,8 +28,9 @@ def jpeg_bytes(rng: np.random.Generator, w: int = 48, h: int = 40) -> bytes:
 
 def write_shards(run_dir: Path, n_shards: int = 2, per_shard: int = 7, corrupt: tuple[tuple[int, int], ...] = ((0, 3),), seed: int = 0) -> list[dict]:
     """Write finished shard units with random JPEGs; ``corrupt`` lists (shard, position) of broken ones."""
-    from geobuild.runfolder import RunFolder, atomic_path
-    from geobuild.shards import ShardWriter, shard_name, json_bytes
+    from geobuild.core.runfolder import RunFolder, atomic_path
+    from geobuild.artifacts.shards import ShardWriter, json_bytes
+    from geobuild.core.shardspec import shard_name
 
     rng = np.random.default_rng(seed)
     run = RunFolder(run_dir)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from geobuild.geo import haversine_km
-from geobuild.georanker import negative_example_texts
+from geobuild.geo.sphere import haversine_km
+from geobuild.artifacts.georanking import negative_example_texts
 
 GROUP_SIZE = 7  # the trainer skips entry 0 and ranks entries 1..GROUP_SIZE
 TAIL = 5  # ... and shows the last TAIL entries as negative-example text

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
-from geobuild import schemas
-from geobuild.geo import THRESHOLDS_KM, haversine_km
-from geobuild.ledger import reject, write_ledger
-from geobuild.runfolder import RunFolder
-from geobuild.shards import ShardWriter, json_bytes, write_sizes
+from geobuild.core import schemas
+from geobuild.geo.sphere import THRESHOLDS_KM, haversine_km
+from geobuild.core.ledger import reject, write_ledger
+from geobuild.core.runfolder import RunFolder
+from geobuild.artifacts.shards import ShardWriter, json_bytes, write_sizes
 
 AUTHORS = ["alice@N00", "bob@N01", "carol@N02", "dave@N03", "erin@N04", "frank@N05", "grace@N06", None]
 CITIES = [("Paris", "Ile-de-France", "France"), ("Tokyo", "Tokyo", "Japan"), ("Lima", "Lima", "Peru"),

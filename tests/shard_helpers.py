@@ -100,7 +100,7 @@ def ledger(run: Path) -> dict[str, dict]:
 
 def samples(run: Path) -> dict[str, dict]:
     """Every sample of every shard, by key."""
-    from geobuild.shards import iter_shard
+    from geobuild.artifacts.shards import iter_shard
 
     out = {}
     for p in sorted((run / "shards").glob("*.tar")):

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from _fixtures_index import candidate_columns, write_candidates
 from geobuild.cli import app
-from geobuild.errors import GeobuildError
-from geobuild.geo import EARTH_RADIUS_KM
-from geobuild.geodesic import geodesic_km, pairwise_km
-from geobuild.runfolder import RunFolder
+from geobuild.core.errors import GeobuildError
+from geobuild.geo.sphere import EARTH_RADIUS_KM
+from geobuild.geo.geodesic import geodesic_km, pairwise_km
+from geobuild.core.runfolder import RunFolder
 
 runner = CliRunner()
 

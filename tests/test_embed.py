@@ -48,11 +48,11 @@ def _offline(monkeypatch):
 def test_tiny_open_clip_end_to_end(tmp_path):
     import torch
 
-    from geobuild.embeddings import read_embeddings, read_model_info, read_text_embeddings
+    from geobuild.artifacts.embeddings import read_embeddings, read_model_info, read_text_embeddings
     from geobuild.encoders import load_encoder
-    from geobuild.ledger import read_ledgers
-    from geobuild.runfolder import RunFolder
-    from geobuild.shards import iter_shard
+    from geobuild.core.ledger import read_ledgers
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.artifacts.shards import iter_shard
 
     run = tmp_path / "run"
     samples = write_shards(run, n_shards=2, per_shard=7, corrupt=((0, 3), (1, 5)))
@@ -110,7 +110,7 @@ def test_tiny_open_clip_end_to_end(tmp_path):
     assert (run / "embeddings" / "00000.npy").read_bytes() == before
 
     # ... and on through the index stage: every gallery vector finds itself first
-    from geobuild.gallery import load_gallery
+    from geobuild.artifacts.gallery import load_gallery
 
     res = cli("index", "--run", str(run), "--gps-gallery", "none", "--device", "cpu")
     assert res.exit_code == 0, res.output
@@ -246,10 +246,10 @@ def test_unknown_or_unavailable_model_is_one_line(tmp_path, model, expect):
 def test_efficientnet_lite_on_fixture_shards(tmp_path):
     import torch
 
-    from geobuild.embeddings import read_embeddings
+    from geobuild.artifacts.embeddings import read_embeddings
     from geobuild.encoders import load_encoder
-    from geobuild.runfolder import RunFolder
-    from geobuild.shards import iter_shard
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.artifacts.shards import iter_shard
 
     run = tmp_path / "run"
     write_shards(run, n_shards=1, per_shard=6, corrupt=((0, 2),))

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from _mine_fixtures import base_run_copy
 from geobuild.cli import app
-from geobuild.embeddings import model_info_path
-from geobuild.gallery import INFO_FILE, index_path
+from geobuild.artifacts.embeddings import model_info_path
+from geobuild.artifacts.gallery import INFO_FILE, index_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -110,8 +110,8 @@ def test_eval_checkpoint_that_is_not_one(tmp_path):
 
 
 def test_corrupt_index_info_when_loading_the_gallery(tmp_path):
-    from geobuild.errors import GeobuildError
-    from geobuild.gallery import load_gallery
+    from geobuild.core.errors import GeobuildError
+    from geobuild.artifacts.gallery import load_gallery
 
     run = base_run_copy(tmp_path / "run")
     p = index_path(run, INFO_FILE)

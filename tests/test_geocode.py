@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geobuild.geocode import GeocodeConfig, continent_table, country_name, reverse_geocode
+from geobuild.geo.geocode import GeocodeConfig, continent_table, country_name, reverse_geocode
 
 
 def test_known_points():

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from _mine_fixtures import CITIES, Photo, base_run_copy, build_run, make_photos
 from georanker_reads import check_georanker_row
 from geobuild.cli import app
-from geobuild.georanker import GeorankerOptions, candidates_to_georanking, entry_order
-from geobuild.schemas import arrow_schema, check
+from geobuild.artifacts.georanking import GeorankerOptions, candidates_to_georanking, entry_order
+from geobuild.core.schemas import arrow_schema, check
 
 runner = CliRunner()
 
@@ -111,7 +111,7 @@ def test_group_layout_and_too_few_candidates():
 
 
 def _km(la1, lo1, la2, lo2):
-    from geobuild.geo import haversine_km
+    from geobuild.geo.sphere import haversine_km
 
     return float(haversine_km(la1, lo1, la2, lo2))
 

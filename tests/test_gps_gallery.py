@@ -10,11 +10,11 @@ from typer.testing import CliRunner
 
 from _fixtures_index import write_embeddings
 from geobuild.cli import app
-from geobuild.errors import GeobuildError
-from geobuild.gallery import load_gps_gallery
-from geobuild.runfolder import RunFolder
-from geobuild.stage import run_stage
-from geobuild.stages.index import IndexConfig, IndexStage, read_gps_csv
+from geobuild.core.errors import GeobuildError
+from geobuild.artifacts.gallery import load_gps_gallery
+from geobuild.core.runfolder import RunFolder
+from geobuild.core.runner import run_stage
+from geobuild.stages.index.stage import IndexConfig, IndexStage, read_gps_csv
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("geoclip")
@@ -25,7 +25,7 @@ def test_encoder_matches_geoclip_location_encoder():
     """Same features as GeoCLIP's own LocationEncoder + the normalisation of GeoCLIP.forward."""
     from geoclip.model.location_encoder import LocationEncoder
 
-    from geobuild.location_encoder import encode_gps, geoclip_gallery_csv
+    from geobuild.encoders.location import encode_gps, geoclip_gallery_csv
 
     pts = pd.read_csv(geoclip_gallery_csv(), nrows=300)
     ours = encode_gps(pts["LAT"].to_numpy(), pts["LON"].to_numpy(), device="cpu", batch_size=128)
@@ -96,7 +96,7 @@ def test_missing_csv_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_geoclip_100k_gallery_through_the_stage(tmp_path):
     """Encodes all of GeoCLIP's 100K GPS gallery once (about 15 s on 2 cores)."""
-    from geobuild.location_encoder import encode_gps
+    from geobuild.encoders.location import encode_gps
 
     run = RunFolder(tmp_path / "run")
     write_embeddings(run, [20], dim=8)

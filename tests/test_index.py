@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from _fixtures_index import clustered, write_embeddings, write_meta
 from geobuild.cli import app
-from geobuild.errors import GeobuildError
-from geobuild.gallery import load_gallery
-from geobuild.knn import TorchGallery, recall_at_k, topk_numpy
-from geobuild.runfolder import RunFolder
-from geobuild.stage import run_stage
-from geobuild.stages.index import IndexConfig, IndexStage
+from geobuild.core.errors import GeobuildError
+from geobuild.artifacts.gallery import load_gallery
+from geobuild.retrieval.knn import TorchGallery, recall_at_k, topk_numpy
+from geobuild.core.runfolder import RunFolder
+from geobuild.core.runner import run_stage
+from geobuild.stages.index.stage import IndexConfig, IndexStage
 
 faiss = pytest.importorskip("faiss")
 runner = CliRunner()
@@ -171,7 +171,7 @@ def test_missing_or_empty_embeddings(tmp_path, setup, message):
 
 def test_search_on_cuda_matches_cpu(tmp_path):
     torch = pytest.importorskip("torch")
-    from geobuild.faiss_index import num_gpus
+    from geobuild.retrieval.faiss_index import num_gpus
 
     if not torch.cuda.is_available() and num_gpus() == 0:
         pytest.skip("no GPU available")

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from _mine_fixtures import CITIES, MODEL, Photo, base_run_copy, build_run, directions, make_photos, write_embeddings
 from geobuild.cli import app
-from geobuild.geo import THRESHOLDS_KM
-from geobuild.runfolder import RunFolder
-from geobuild.stages.mine import read_candidates
+from geobuild.geo.sphere import THRESHOLDS_KM
+from geobuild.core.runfolder import RunFolder
+from geobuild.artifacts.candidates import read_candidates
 
 runner = CliRunner()
 
@@ -28,7 +28,7 @@ def cli(*args: str):
 
 def fatal(*args: str) -> str:
     """Run a command that must fail with one clear GeobuildError line (exit 2)."""
-    from geobuild.errors import GeobuildError
+    from geobuild.core.errors import GeobuildError
 
     with pytest.raises(GeobuildError) as info:
         runner.invoke(app, list(args), catch_exceptions=False, standalone_mode=False)
@@ -155,8 +155,8 @@ def test_location_text_from_reverse_geocoding_and_from_gallery_columns(run, tmp_
 
 
 def test_kde_peak_lands_on_the_cluster():
-    from geobuild.gps_candidates import kde_candidates
-    from geobuild.spatial import PointTree
+    from geobuild.stages.mine.gps_candidates import kde_candidates
+    from geobuild.geo.spatial import PointTree
 
     # GPS gallery: a 0.1-degree grid around Lyon and around Madrid
     g = np.arange(-1.0, 1.01, 0.1)
@@ -177,7 +177,7 @@ def test_kde_peak_lands_on_the_cluster():
     spread = kde_candidates(nb_lat, nb_lon, sim, np.ones_like(sim, bool), tree, k=5, bandwidth_km=10,
                             temperature=0.05, min_sep_km=30)
     assert spread.rows[0, 0] == best
-    from geobuild.geo import haversine_matrix_km
+    from geobuild.geo.sphere import haversine_matrix_km
 
     r = spread.rows[0][spread.rows[0] >= 0]
     d = haversine_matrix_km(tree.lat[r], tree.lon[r], tree.lat[r], tree.lon[r])
@@ -225,8 +225,8 @@ def test_geoclip_scorer_refuses_other_models(run):
 def test_geoclip_scorer_matches_geoclip_softmax(tmp_path):
     import torch
 
-    from geobuild.gps_candidates import geoclip_candidates, load_geoclip_head
-    from geobuild.location_encoder import encode_gps
+    from geobuild.stages.mine.gps_candidates import geoclip_candidates, load_geoclip_head
+    from geobuild.encoders.location import encode_gps
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 768)).astype(np.float32)
@@ -251,8 +251,8 @@ def test_geoclip_scorer_end_to_end_with_vit_l14_features(tmp_path):
     run = RunFolder(root)
     write_embeddings(run, {"00000": photos}, model="open_clip:ViT-L-14:openai", dim=768)
     from _mine_fixtures import gps_csv
-    from geobuild.stage import run_stage
-    from geobuild.stages.index import IndexConfig, IndexStage
+    from geobuild.core.runner import run_stage
+    from geobuild.stages.index.stage import IndexConfig, IndexStage
 
     run_stage(IndexStage(IndexConfig(kind="flat", gps_gallery=gps_csv(root / "g.csv"), device="cpu")), run)
     assert cli("mine", "--run", str(root), "--gps-scorer", "geoclip", "--k-gps", "4", "--k-image", "2").exit_code == 0

@@ -22,10 +22,10 @@ def _cli(*args: str) -> None:
 
 
 def test_mine_real_sample_slice(shared, tmp_path):
-    import geobuild.location_encoder as le
-    from geobuild.mine_quality import oracle_recall
-    from geobuild.runfolder import RunFolder
-    from geobuild.stages.mine import read_candidates
+    import geobuild.encoders.location as le
+    from geobuild.stages.mine.quality import oracle_recall
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.artifacts.candidates import read_candidates
 
     data = shared / "data" / "im2gps3k"
     meta = pd.read_csv(data / "im2gps3k_places365.csv").head(N_PHOTOS)

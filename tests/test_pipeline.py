@@ -12,10 +12,11 @@ import yaml
 from typer.testing import CliRunner
 
 from geobuild.cli import app
-from geobuild.errors import GeobuildError
-from geobuild.executors import LocalExecutor
-from geobuild.pipeline import load_pipeline, run_pipeline
-from geobuild.runfolder import RunFolder
+from geobuild.core.errors import GeobuildError
+from geobuild.core.executors import LocalExecutor
+from geobuild.pipeline.run import run_pipeline
+from geobuild.pipeline.spec import load_pipeline
+from geobuild.core.runfolder import RunFolder
 
 REPO = Path(__file__).resolve().parent.parent
 TOY = """
@@ -196,7 +197,7 @@ def test_malformed_pipelines(tmp_path, text, match):
 
 
 def test_secrets_never_written(tmp_path, monkeypatch):
-    from geobuild.pipeline import redact
+    from geobuild.pipeline.spec import redact
 
     assert redact({"repo": "org/x", "token": "hf_abc", "nested": {"api_key": "k"}, "hf_token": None}) == {
         "repo": "org/x", "token": "<redacted>", "nested": {"api_key": "<redacted>"}, "hf_token": None,
@@ -215,14 +216,14 @@ def test_cli_error_is_one_line(tmp_path):
 
 def test_shipped_pipelines_parse(monkeypatch, tmp_path):
     """Every pipelines/*.yaml names known stages and parameters (for the stages installed)."""
-    from geobuild.pipeline import STAGE_MODULES
+    from geobuild.stages import STAGES
     import importlib.util
 
     for name in ("MP16_DIR", "HF_REPO", "GALLERY", "YFCC4K_IMAGES"):
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     files = sorted((REPO / "pipelines").glob("*.yaml"))
     assert {"sample.yaml", "mp16pro.yaml"} <= {f.name for f in files}
-    if not all(importlib.util.find_spec(m.split(":")[0]) for m in STAGE_MODULES.values()):
+    if not all(importlib.util.find_spec(m.split(":")[0]) for m in STAGES.values()):
         pytest.skip("not every stage module is installed")
     for f in files:
         pipe = load_pipeline(f, variables={"RUN": str(tmp_path / "run")})

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from geobuild.publish.card import parse_front_matter
-from geobuild.publish.splits import split_of
-from geobuild.shards import iter_shard
+from geobuild.stages.publish.card import parse_front_matter
+from geobuild.stages.publish.splits import split_of
+from geobuild.artifacts.shards import iter_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hub_double import HubDouble  # noqa: E402
@@ -234,7 +234,7 @@ def test_validation_failure_uploads_nothing(tmp_path):
 
 def test_row_counts_that_disagree_fail_validation_and_upload_nothing(tmp_path):
     """Checksums pass (manifest regenerated) but the rows do not: validation names the config, nothing is uploaded."""
-    from geobuild.publish.manifest import read_manifest, write_manifest
+    from geobuild.stages.publish.manifest import read_manifest, write_manifest
 
     run = make_run(tmp_path / "run", per_shard=6, drop_distance=False, missing_photo=False)
     args = ["--run", str(run.root), "--to", str(tmp_path / "out"), "--no-images"]

@@ -14,9 +14,9 @@ pytest.importorskip("datasets")
 from typer.testing import CliRunner  # noqa: E402
 
 from _ranker_fixture import make_dataset, make_runs  # noqa: E402
-from geobuild.cli import app  # noqa: E402
-from geobuild.ranker.data import GroupSpec, groups_from_rows  # noqa: E402
-from geobuild.ranker.evaluate import report  # noqa: E402
+from geobuild.cli import app
+from geobuild.ranker.data import GroupSpec, groups_from_rows
+from geobuild.ranker.evaluate import report
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from geobuild.ranker.loss import (  # noqa: E402
+from geobuild.ranker.loss import (
     first_order_loss,
     get_loss,
     multi_order_loss,
@@ -168,7 +168,7 @@ def test_baselines_by_hand():
 
 
 def test_get_loss_and_bad_arguments():
-    from geobuild.errors import GeobuildError
+    from geobuild.core.errors import GeobuildError
 
     assert get_loss("multi-order", lam=0.7, k=1)(S, D).item() == pytest.approx(multi_order_loss(S, D).item())
     assert get_loss("first-order")(S, D).item() == pytest.approx(first_order_loss(S, D).item())

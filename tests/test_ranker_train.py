@@ -14,7 +14,7 @@ pytest.importorskip("datasets")
 from typer.testing import CliRunner  # noqa: E402
 
 from _ranker_fixture import make_dataset  # noqa: E402
-from geobuild.cli import app  # noqa: E402
+from geobuild.cli import app
 
 SMALL = ["--encoder", "thumbnail:4", "--group-size", "6", "--batch-size", "16", "--d-model", "32", "--layers", "1", "--lr", "3e-3"]
 
@@ -111,7 +111,7 @@ def test_yaml_config_and_every_loss(dataset, tmp_path):
 
 
 def test_missing_columns_and_small_groups(tmp_path):
-    from geobuild.errors import GeobuildError
+    from geobuild.core.errors import GeobuildError
     from geobuild.ranker.train import TrainConfig, train
 
     broken = make_dataset(tmp_path / "broken", n_train=8, n_val=4, drop_columns=("cand_lat",))

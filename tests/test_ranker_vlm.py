@@ -18,10 +18,10 @@ pytest.importorskip("peft")
 
 from PIL import Image  # noqa: E402
 
-from geobuild.errors import GeobuildError  # noqa: E402
-from geobuild.ranker.loss import multi_order_loss  # noqa: E402
-from geobuild.ranker.tiny_vlm import build_tiny_vlm  # noqa: E402
-from geobuild.ranker.vlm import (  # noqa: E402
+from geobuild.core.errors import GeobuildError
+from geobuild.ranker.loss import multi_order_loss
+from geobuild.ranker.tiny_vlm import build_tiny_vlm
+from geobuild.ranker.vlm import (
     RankCandidate,
     RankGroup,
     VlmRanker,
@@ -235,7 +235,7 @@ def test_groups_from_candidate_rows_and_photo_tars(tiny_dir, tmp_path):
     """Candidate rows (the candidates schema) + a WebDataset tar of photos -> scores and a loss."""
     from geobuild.ranker.data import GroupSpec, groups_from_rows
     from geobuild.ranker.vlm_data import PhotoStore, rank_groups
-    from geobuild.shards import ShardWriter
+    from geobuild.artifacts.shards import ShardWriter
 
     def jpeg(seed: int) -> bytes:
         buf = io.BytesIO()

@@ -23,11 +23,12 @@ pytest.importorskip("ray")
 from tests import toy_stages  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from geobuild.cli import app  # noqa: E402
-from geobuild.executors import LocalExecutor  # noqa: E402
-from geobuild.pipeline import load_pipeline, run_pipeline  # noqa: E402
-from geobuild.runfolder import RunFolder  # noqa: E402
-from geobuild.stage import run_stage  # noqa: E402
+from geobuild.cli import app
+from geobuild.core.executors import LocalExecutor
+from geobuild.pipeline.run import run_pipeline
+from geobuild.pipeline.spec import load_pipeline
+from geobuild.core.runfolder import RunFolder
+from geobuild.core.runner import run_stage
 
 pytestmark = pytest.mark.ray
 
@@ -48,7 +49,7 @@ def ray_ex():
     """One local Ray instance for the whole module (startup is the slow part)."""
     from ray import cloudpickle
 
-    from geobuild.executors.ray_executor import RayExecutor
+    from geobuild.core.executors.ray_executor import RayExecutor
 
     # the toy stages live in tests/, which Ray's workers cannot import: ship them by value
     cloudpickle.register_pickle_by_value(toy_stages)
@@ -313,9 +314,10 @@ class _FakeRay:
 
 
 def _gpu_stages(device: str) -> dict:
-    from geobuild.stages.embed import EmbedConfig, EmbedStage
-    from geobuild.stages.index import IndexConfig, IndexStage
-    from geobuild.stages.mine import MineConfig, MineStage
+    from geobuild.stages.embed.config import EmbedConfig
+    from geobuild.stages.embed.stage import EmbedStage
+    from geobuild.stages.index.stage import IndexConfig, IndexStage
+    from geobuild.stages.mine.stage import MineConfig, MineStage
 
     return {
         "embed": EmbedStage(EmbedConfig(device=device)),
@@ -325,7 +327,7 @@ def _gpu_stages(device: str) -> dict:
 
 
 def _num_gpus(device: str, **cluster) -> dict:
-    from geobuild.executors.ray_executor import RayExecutor
+    from geobuild.core.executors.ray_executor import RayExecutor
 
     ex = RayExecutor(retries=1)
     return {name: ex._options(_FakeRay(**cluster), st).get("num_gpus", 0) for name, st in _gpu_stages(device).items()}
@@ -351,7 +353,7 @@ def test_auto_requests_a_gpu_only_where_the_cluster_has_one():
 
 
 def test_options_pass_no_scheduling_hints_to_ray():
-    from geobuild.executors.ray_executor import RayExecutor
+    from geobuild.core.executors.ray_executor import RayExecutor
 
     opts = RayExecutor(retries=3)._options(_FakeRay(GPU=1, CPU=8), _gpu_stages("auto")["mine"])
     assert opts == {"num_cpus": 1.0, "num_gpus": 1.0, "max_retries": 3, "retry_exceptions": False}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from geobuild import schemas
-from geobuild.errors import GeobuildError
+from geobuild.core import schemas
+from geobuild.core.errors import GeobuildError
 
 REPO = Path(__file__).resolve().parent.parent
 CALLS = [
@@ -70,7 +70,7 @@ def test_check_json_accepts_missing_and_refuses_other_versions():
 
 
 def test_model_info_readers_accept_with_and_without_version(tmp_path):
-    from geobuild.embeddings import model_info_path, read_model_info
+    from geobuild.artifacts.embeddings import model_info_path, read_model_info
 
     info = {"model": "m", "dim": 4, "dtype": "float32", "text": False, "has_text": False}
     path = model_info_path(tmp_path)

@@ -77,7 +77,7 @@ def test_mp16_parts_streamed_as_one_tar(tmp_path):
     from geobuild.sources.mp16pro import find_parts
 
     assert find_parts(parts[0].parent / "mp-16-images??") == parts
-    from geobuild.errors import GeobuildError
+    from geobuild.core.errors import GeobuildError
 
     with pytest.raises(GeobuildError, match="images not found"):
         find_parts(parts[0].parent / "nothing-here??")
@@ -177,7 +177,7 @@ def test_any_csv_with_named_columns(tmp_path):
     assert got["a_b"]["json"] == {"key": "a_b", "id": "a/b.png", "lat": 51.5, "lon": -0.12, "author": "me",
                                   "source": "csv", "width": 64, "height": 48, "town": "London"}
     assert got["c"]["json"]["author"] is None
-    from geobuild.schemas import load
+    from geobuild.core.schemas import load
 
     assert {f["name"] for f in load("shard_sample")["fields"]} <= set(got["c"]["json"])
     assert Image.open(io.BytesIO(got["a_b"]["jpg"])).format == "JPEG"

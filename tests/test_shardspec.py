@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from geobuild.errors import GeobuildError
-from geobuild.shardspec import parse_shard_spec, select_units
+from geobuild.core.errors import GeobuildError
+from geobuild.core.shardspec import parse_shard_spec, select_units
 
 
 @pytest.mark.parametrize(

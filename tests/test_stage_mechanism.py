@@ -7,10 +7,11 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 import pytest
 
-from geobuild.errors import GeobuildError
-from geobuild.executors import LocalExecutor
-from geobuild.runfolder import RunFolder, atomic_path
-from geobuild.stage import Stage, UnitResult, run_stage
+from geobuild.core.errors import GeobuildError
+from geobuild.core.executors import LocalExecutor
+from geobuild.core.runfolder import RunFolder, atomic_path
+from geobuild.core.stage import Stage, UnitResult
+from geobuild.core.runner import run_stage
 
 
 @dataclass

@@ -7,9 +7,9 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from geobuild.ledger import reject
-from geobuild.runfolder import atomic_path
-from geobuild.stage import Stage, UnitResult
+from geobuild.core.ledger import reject
+from geobuild.core.runfolder import atomic_path
+from geobuild.core.stage import Stage, UnitResult
 
 
 @dataclass

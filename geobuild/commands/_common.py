@@ -14,7 +14,7 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="Redo the stage if its co
 
 
 def executor_from(executor: str, workers: int, ray_address: str | None):
-    from ..executors import make_executor
+    from ..core.executors import make_executor
 
     return make_executor(executor, workers=workers, ray_address=ray_address)
 
@@ -29,7 +29,7 @@ def print_summary(summary) -> None:
 
 
 def existing_path(p: Path, what: str) -> Path:
-    from ..errors import GeobuildError
+    from ..core.errors import GeobuildError
 
     if not Path(p).exists():
         raise GeobuildError(f"{what} not found: {p}")

@@ -6,7 +6,15 @@ from typing import Optional
 
 import typer
 
-from ._common import ExecutorOpt, OverwriteOpt, RayAddressOpt, RunOpt, WorkersOpt, executor_from, print_summary
+from ._common import (
+    ExecutorOpt,
+    OverwriteOpt,
+    RayAddressOpt,
+    RunOpt,
+    WorkersOpt,
+    executor_from,
+    print_summary,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -24,11 +32,11 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = OverwriteOpt,
     ) -> None:
         """Write distances/<unit>.parquet (schema distances) for each finished mine unit."""
-        from ..errors import GeobuildError
-        from ..runfolder import RunFolder
-        from ..shardspec import select_units
-        from ..stage import run_stage
-        from ..stages.distances import DistancesConfig, DistancesStage
+        from ..core.errors import GeobuildError
+        from ..core.runfolder import RunFolder
+        from ..core.shardspec import select_units
+        from ..core.runner import run_stage
+        from ..stages.distances.stage import DistancesConfig, DistancesStage
 
         rf = RunFolder(run)
         stage = DistancesStage(DistancesConfig(method=method, batch_rows=batch_rows))

@@ -6,7 +6,15 @@ from typing import Optional
 
 import typer
 
-from ._common import ExecutorOpt, OverwriteOpt, RayAddressOpt, RunOpt, WorkersOpt, executor_from, print_summary
+from ._common import (
+    ExecutorOpt,
+    OverwriteOpt,
+    RayAddressOpt,
+    RunOpt,
+    WorkersOpt,
+    executor_from,
+    print_summary,
+)
 
 
 def embed(
@@ -31,31 +39,12 @@ def embed(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Embed RUN/shards/*.tar into RUN/embeddings/ (npy + aligned parquet, text npy for text towers)."""
-    from ..encoders import load_encoder
-    from ..errors import GeobuildError
-    from ..runfolder import RunFolder
-    from ..stage import run_stage
+    from ..core.runfolder import RunFolder
+    from ..core.runner import run_stage
     from ..stages.embed import EmbedConfig, EmbedStage
 
-    folder = RunFolder(run)
-    if not folder.root.is_dir():
-        raise GeobuildError(f"run folder not found: {folder.root}; create it with geobuild shard --out {run}")
-    cfg = EmbedConfig(
-        model=model,
-        device=device,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        dtype=dtype,
-        torch_threads=threads,
-    )
-    load_encoder(cfg.model, cfg.device)  # fail fast (one line) on an unknown model or missing weights
-    from ..embeddings import embeddings_dir
-    from ..runfolder import remove_stale_temps
-
-    remove_stale_temps(embeddings_dir(folder))  # leftovers of a killed run
-    stage = EmbedStage(cfg)
-    stage.check_model(folder, overwrite=overwrite)  # before config.yaml records anything
-    summary = run_stage(stage, folder, executor_from(executor, workers, ray_address), overwrite=overwrite)
+    cfg = EmbedConfig(model=model, device=device, batch_size=batch_size, num_workers=num_workers, dtype=dtype, torch_threads=threads)
+    summary = run_stage(EmbedStage(cfg), RunFolder(run), executor_from(executor, workers, ray_address), overwrite=overwrite)
     print_summary(summary)
 
 

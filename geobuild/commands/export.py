@@ -23,13 +23,13 @@ def georanker(
 
     import pyarrow.parquet as pq
 
-    from ..errors import GeobuildError
-    from ..georanker import GeorankerOptions, candidates_to_georanking
-    from ..ledger import write_ledger
-    from ..runfolder import RunFolder, atomic_path
-    from ..schemas import arrow_schema
-    from ..shardspec import select_units
-    from ..stages.mine import read_candidates
+    from ..core.errors import GeobuildError
+    from ..artifacts.georanking import GeorankerOptions, candidates_to_georanking
+    from ..core.ledger import write_ledger
+    from ..core.runfolder import RunFolder, atomic_path
+    from ..core.schemas import arrow_schema
+    from ..core.shardspec import select_units
+    from ..artifacts.candidates import read_candidates
 
     rf = RunFolder(run)
     have = rf.done_units("mine")

@@ -30,46 +30,12 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = OverwriteOpt,
     ) -> None:
         """Build index/gallery.faiss (+ ids.parquet, info.json) and the GPS gallery (index/gps_gallery.*)."""
-        from ..errors import GeobuildError
-        from ..faiss_index import KINDS
-        from ..gallery import DEVICES, INDEX_DIR, INFO_FILE
-        from ..runfolder import RunFolder, read_json
-        from ..stage import run_stage
-        from ..stages.index import GALLERY_UNIT, IndexConfig, IndexStage, check_embeddings
+        from ..core.runfolder import RunFolder
+        from ..core.runner import run_stage
+        from ..stages.index import IndexConfig, IndexStage
 
-        if kind not in KINDS:
-            raise GeobuildError(f"unknown --kind '{kind}' (choose {', '.join(KINDS)})")
-        if device not in DEVICES:
-            raise GeobuildError(f"unknown --device '{device}' (choose auto, cpu or cuda)")
-        if gps_gallery not in ("geoclip", "none") and not gps_gallery.lower().endswith(".csv"):
-            raise GeobuildError(f"--gps-gallery must be 'geoclip', 'none' or a .csv file, got '{gps_gallery}'")
-        rf = RunFolder(run)
-        units, _, _ = check_embeddings(rf)
         cfg = IndexConfig(
             kind=kind, gps_gallery=gps_gallery, flat_max=flat_max, nlist=nlist, pq_m=pq_m, nprobe=nprobe, refine=refine, k_factor=k_factor,
             hnsw_m=hnsw_m, ef_search=ef_search, recall_sample=recall_sample, seed=seed, device=device,
         )
-        if cfg.gps_gallery not in ("geoclip", "none"):
-            from pathlib import Path
-
-            if not Path(cfg.gps_gallery).expanduser().exists():
-                raise GeobuildError(f"GPS gallery CSV not found: {cfg.gps_gallery}")
-        info_p = rf.path(INDEX_DIR, INFO_FILE)
-        if rf.is_done("index", GALLERY_UNIT) and info_p.exists():
-            try:
-                built_from = read_json(info_p, "").get("embedding_units")
-            except GeobuildError:
-                built_from = None  # a damaged info.json: the index is rebuilt below
-            if built_from != units:
-                typer.echo("index: the embeddings changed since the index was built (or its info.json is damaged); "
-                           "rebuilding it", err=True)
-                rf.marker_path("index", GALLERY_UNIT).unlink()
-        summary = run_stage(IndexStage(cfg), rf, overwrite=overwrite)
-        print_summary(summary)
-        if info_p.exists():
-            info = read_json(info_p, f"rebuild it: geobuild index --run {rf.root} --overwrite")
-            recall = info.get("recall@10")
-            typer.echo(
-                f"index: {info['kind']} over {info['ntotal']} vectors ({info['dim']}-d, {info.get('model')}); "
-                + ("exact search" if info["kind"] == "flat" else f"recall@10 = {recall:.4f} on {info['recall_sample']} queries")
-            )
+        print_summary(run_stage(IndexStage(cfg), RunFolder(run), overwrite=overwrite))

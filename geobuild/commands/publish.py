@@ -8,7 +8,16 @@ from typing import Optional
 
 import typer
 
-from ._common import ExecutorOpt, OverwriteOpt, RayAddressOpt, RunOpt, WorkersOpt, existing_path, executor_from, print_summary
+from ._common import (
+    ExecutorOpt,
+    OverwriteOpt,
+    RayAddressOpt,
+    RunOpt,
+    WorkersOpt,
+    existing_path,
+    executor_from,
+    print_summary,
+)
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*$")
 
@@ -35,12 +44,11 @@ def publish(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Stage RUN as Hub dataset repositories (Parquet configs + WebDataset photos), validate, upload."""
-    from ..errors import GeobuildError
-    from ..log import get_logger
-    from ..publish.validate import require_valid
-    from ..runfolder import RunFolder
-    from ..stage import run_stage
-    from ..stages.publish import PublishConfig, PublishStage, UploadConfig, UploadStage
+    from ..core.errors import GeobuildError
+    from ..core.log import get_logger
+    from ..core.runfolder import RunFolder
+    from ..core.runner import run_stage
+    from ..stages.publish.stage import PublishConfig, PublishStage, UploadConfig, UploadStage
 
     log = get_logger("publish")
     existing_path(run, "run folder")
@@ -48,9 +56,9 @@ def publish(
     if hub is not None:
         if not REPO_ID.match(hub):
             raise GeobuildError(f"--hub must look like ORG/NAME, got '{hub}'")
-        from ..publish.hub import hub_token
+        from ..stages.publish.hub import hub_token
 
-        hub_token()  # offline or no token: fail now, before any work
+        hub_token()  # offline or no token: fail now, before the publish stage's work
     cfg = PublishConfig(
         to=str(to or folder.path("publish")), validation_fraction=validation_fraction, rows_per_file=rows_per_file,
         images_per_tar=images_per_tar, images=images, gallery_run=str(gallery_run) if gallery_run else None,
@@ -60,9 +68,6 @@ def publish(
         folder.reset_stage(PublishStage.name)
     summary = run_stage(PublishStage(cfg), folder, executor_from(executor, workers, ray_address), overwrite=overwrite)
     print_summary(summary)
-    if summary.done:
-        folder.reset_stage(UploadStage.name)  # new staged files: compare them with the Hub again
-    require_valid(Path(cfg.to), ["dataset", "images"] if images else ["dataset"])
     typer.echo(f"staged and validated: {cfg.to}", err=True)
     if hub is None:
         return

@@ -36,9 +36,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Run a whole pipeline from one YAML file; prints a summary and saves RUN/summary.json."""
-        from ..executors import make_executor
-        from ..pipeline import load_pipeline, render_summary, run_pipeline
-        from ..runfolder import RunFolder
+        from ..core.executors import make_executor
+        from ..pipeline.report import render_summary
+        from ..pipeline.run import run_pipeline
+        from ..pipeline.spec import load_pipeline
+        from ..core.runfolder import RunFolder
 
         run = RunFolder(out)
         variables = {"RUN": str(run.root)}
@@ -80,7 +82,7 @@ def _print_saved_summary(run, since: float) -> None:
     """After a failed run, show the summary that run_pipeline saved (if it got that far)."""
     import json
 
-    from ..pipeline import PipelineResult, StageReport, render_summary
+    from ..pipeline.report import PipelineResult, StageReport, render_summary
 
     p = run.path("summary.json")
     if not p.exists() or p.stat().st_mtime < since:

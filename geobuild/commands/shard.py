@@ -7,7 +7,15 @@ from typing import Optional
 
 import typer
 
-from ._common import ExecutorOpt, OverwriteOpt, RayAddressOpt, RunOpt, WorkersOpt, executor_from, print_summary
+from ._common import (
+    ExecutorOpt,
+    OverwriteOpt,
+    RayAddressOpt,
+    RunOpt,
+    WorkersOpt,
+    executor_from,
+    print_summary,
+)
 
 FORMAT_HELP = (
     "Input layout: mp16pro (MP16_Pro_places365.csv + mp-16-images tar or parts), im2gps3k (zip/folder "
@@ -38,8 +46,9 @@ def shard(
     overwrite: bool = OverwriteOpt,
 ) -> None:
     """Shard geotagged photos into WebDataset tars (RUN/shards), with a ledger of every input."""
-    from ..runfolder import RunFolder
-    from ..stages.shard import ShardConfig, ShardStage, run_shard
+    from ..core.runfolder import RunFolder
+    from ..core.runner import run_stage
+    from ..stages.shard import ShardConfig, ShardStage
 
     cfg = ShardConfig(
         images=str(images),
@@ -57,7 +66,7 @@ def shard(
         min_size=min_size,
         min_bytes=min_bytes,
     )
-    summary = run_shard(ShardStage(cfg), RunFolder(out), executor_from(executor, workers, ray_address), overwrite=overwrite)
+    summary = run_stage(ShardStage(cfg), RunFolder(out), executor_from(executor, workers, ray_address), overwrite=overwrite)
     print_summary(summary)
     totals: dict[str, int] = {}
     for st in summary.stats.values():

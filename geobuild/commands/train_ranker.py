@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         """Train a ranker with the multi-order distance loss (or a baseline loss); checkpoints every epoch."""
         import json
 
-        from ..errors import GeobuildError
+        from ..core.errors import GeobuildError
         from ..ranker.train import TrainConfig, train
 
         cfg = TrainConfig.from_yaml(config) if config else TrainConfig()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from ..errors import GeobuildError
+from ..core.errors import GeobuildError
 from .base import Encoder, resolve_device
 
 __all__ = ["Encoder", "load_encoder", "resolve_device", "location_text", "SUPPORTED"]
@@ -50,7 +50,7 @@ def load_encoder(spec: str, device: str = "auto") -> Encoder:
     return enc
 
 
-def location_text(meta: dict, template: str = "A photo taken in {location}.") -> str | None:
+def caption(meta: dict, template: str = "A photo taken in {location}.") -> str | None:
     """'A photo taken in {city}, {state}, {country}.' from whichever fields exist, else None."""
     parts = []
     for name in ("city", "state", "country"):

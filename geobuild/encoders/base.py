@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import GeobuildError
+from ..core.errors import GeobuildError
 
 
 def resolve_device(device: str = "auto") -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-from ..errors import GeobuildError, require
+from ..core.errors import GeobuildError, require
 from .base import Encoder
 
 #: TensorFlow EfficientNet-Lite evaluation normalisation (efficientnet_lite_builder.py).

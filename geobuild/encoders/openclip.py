@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import GeobuildError, require
+from ..core.errors import GeobuildError, require
 from .base import Encoder
 
 HOW_TO = "pass a local checkpoint (open_clip:<model>:/path/to/checkpoint.pt) or a folder (open_clip:local-dir:/path)"

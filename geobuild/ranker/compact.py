@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import GeobuildError
-from ..log import get_logger
-from .features import hashed_text, location_encoder_features, rff_matrix, unit_vectors
+from ..core.errors import GeobuildError
+from ..core.log import get_logger
+from ..geo.sphere import unit_vectors
+from .features import hashed_text, location_encoder_features, rff_matrix
 from .images import Embeddings, embed_images
 from .models import GroupBatch, ModelContext
 

@@ -24,10 +24,10 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..errors import GeobuildError
-from ..geo import haversine_km, valid_latlon
-from ..georanker import negative_example_texts
-from ..log import get_logger
+from ..core.errors import GeobuildError
+from ..geo.sphere import haversine_km, valid_latlon
+from ..artifacts.georanking import negative_example_texts
+from ..core.log import get_logger
 
 log = get_logger("ranker.data")
 
@@ -373,7 +373,7 @@ def load_split(source: str | Path, split: str, config: str = "candidates"):
     """
     import os
 
-    from ..errors import require
+    from ..core.errors import require
 
     datasets = require("datasets", "hub")
     if _is_parquet_source(source):

@@ -16,17 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GeobuildError
-from ..log import get_logger
-from ..runfolder import atomic_path
+from ..core.errors import GeobuildError
+from ..core.log import get_logger
+from ..core.runfolder import atomic_path
 from .data import Groups, groups_from_dataset, groups_from_run
 from .images import ImageSource, folder_images, published_images
 from .metrics import gap_closed, oracle_errors, ranker_errors, retrieval_errors, summary, top1_hit_rate
 
 log = get_logger("ranker.eval")
-
-ROWS = ("top-1 retrieval", "oracle", "ranker")
-
 
 def checkpoint_root(path: str | Path) -> Path:
     """The training output folder of a checkpoint file (or the folder itself)."""

@@ -9,7 +9,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..geo import unit_vectors
 
 
 def rff_matrix(dim: int, sigmas: Sequence[float] = (1.0, 4.0, 16.0, 64.0), seed: int = 0) -> np.ndarray:
@@ -25,18 +24,12 @@ def rff_matrix(dim: int, sigmas: Sequence[float] = (1.0, 4.0, 16.0, 64.0), seed:
     return (rng.standard_normal((3, half)) * scales[None, :]).astype(np.float32)
 
 
-def rff_features(lat, lon, matrix: np.ndarray) -> np.ndarray:
-    """Random Fourier features ``[sin(2π xB), cos(2π xB)]`` of 3-D unit vectors, float32 [..., dim]."""
-    proj = 2.0 * np.pi * (unit_vectors(lat, lon).astype(np.float32) @ matrix)
-    return np.concatenate([np.sin(proj), np.cos(proj)], axis=-1).astype(np.float32)
-
-
 def location_encoder_features(lat, lon) -> np.ndarray:
     """GeoCLIP-style pretrained location features via :func:`geobuild.location_encoder.encode_gps`."""
-    from ..errors import GeobuildError
+    from ..core.errors import GeobuildError
 
     try:
-        from ..location_encoder import encode_gps
+        from ..encoders.location import encode_gps
     except ImportError as exc:
         raise GeobuildError(
             f"the pretrained location encoder is not available ({exc}); use --location rff"

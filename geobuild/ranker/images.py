@@ -21,10 +21,10 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import GeobuildError
-from ..log import get_logger, progress
-from ..runfolder import atomic_path
-from ..shards import iter_shard
+from ..core.errors import GeobuildError
+from ..core.log import get_logger, progress
+from ..core.runfolder import atomic_path
+from ..artifacts.shards import iter_shard
 
 log = get_logger("ranker.images")
 
@@ -53,7 +53,7 @@ def published_images(source: str | Path) -> ImageSource:
         if root is None:
             raise GeobuildError(f"no images/ folder beside {p}; publish the dataset with its photos or pass --images")
     else:
-        from ..errors import require
+        from ..core.errors import require
 
         hub = require("huggingface_hub", "hub")
         try:

@@ -222,7 +222,7 @@ LOSSES: dict[str, Callable[..., Callable[..., torch.Tensor]]] = {
 
 def get_loss(name: str, lam: float = 0.7, k: int = 1, margin: float = 1.0) -> Callable[..., torch.Tensor]:
     """The loss ``name`` (multi-order, first-order, second-order, pointwise, pairwise) as ``fn(scores, dists, mask=None)``."""
-    from ..errors import GeobuildError
+    from ..core.errors import GeobuildError
 
     if name not in LOSSES:
         raise GeobuildError(f"unknown loss '{name}'; choose one of: {', '.join(LOSSES)}")

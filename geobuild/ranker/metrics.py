@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..geo import THRESHOLDS_KM, accuracy_at
+from ..geo.sphere import THRESHOLDS_KM, accuracy_at
 from .data import Groups
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import GeobuildError
+from ..core.errors import GeobuildError
 from .data import Groups
 from .images import ImageSource
 

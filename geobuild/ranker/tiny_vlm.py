@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import require
+from ..core.errors import require
 
 #: special tokens Qwen2-VL's processor and chat template rely on (pad first, so it gets id 0)
 SPECIAL_TOKENS = (

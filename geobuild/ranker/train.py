@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..errors import GeobuildError
-from ..log import get_logger, progress
-from ..runfolder import atomic_path
+from ..core.errors import GeobuildError
+from ..core.log import get_logger, progress
+from ..core.runfolder import atomic_path
 from .data import GroupSpec, Groups, groups_from_dataset
 from .images import published_images, ImageSource, folder_images
 

@@ -34,15 +34,13 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from ..errors import GeobuildError, require
-from ..log import get_logger
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
+from ..core.errors import GeobuildError, require
+from ..core.log import get_logger
+from .vlm_prompts import RankCandidate, RankGroup, build_messages, format_location, location_text
 
 log = get_logger(__name__)
 
@@ -64,48 +62,6 @@ _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # --------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RankCandidate:
-    """One candidate location: coordinates, location text and optionally its own photo."""
-
-    lat: float
-    lon: float
-    text: str = ""  # "city state country"
-    image: "Image.Image | None" = None
-
-
-@dataclass
-class RankGroup:
-    """A query photo and the candidates to rank for it (``negatives``: optional context strings)."""
-
-    query_image: "Image.Image"
-    candidates: list[RankCandidate]
-    negatives: list[str] = field(default_factory=list)
-
-
-def format_location(lat: float, lon: float, text: str = "") -> str:
-    """``latitude: {lat}, longitude: {lon}, {text}`` with coordinates rounded to 6 decimals."""
-    loc = f"latitude: {round(float(lat), 6)}, longitude: {round(float(lon), 6)}"
-    text = " ".join(str(text).split())
-    return f"{loc}, {text}" if text else loc
-
-
-def build_messages(group: RankGroup, cand: RankCandidate) -> tuple[list[dict[str, Any]], list["Image.Image"]]:
-    """The chat turn for one (query, candidate) pair and its images in order of appearance."""
-    content: list[dict[str, Any]] = [
-        {"type": "image"},
-        {"type": "text", "text": f"How far is this place from {format_location(cand.lat, cand.lon, cand.text)}?"},
-    ]
-    images = [_rgb(group.query_image)]
-    if cand.image is not None:
-        content.append({"type": "text", "text": " A photo taken there:"})
-        content.append({"type": "image"})
-        images.append(_rgb(cand.image))
-    if group.negatives:
-        content.append({"type": "text", "text": f" Negative examples: {'; '.join(group.negatives)}"})
-    return [{"role": "user", "content": content}], images
-
-
 def group_mask(groups: Sequence[RankGroup]):
     """Bool ``[B, G]``: True for real candidates, False for the padding of shorter groups."""
     width = max((len(g.candidates) for g in groups), default=0)
@@ -113,10 +69,6 @@ def group_mask(groups: Sequence[RankGroup]):
     for b, g in enumerate(groups):
         mask[b, : len(g.candidates)] = True
     return mask
-
-
-def _rgb(img: "Image.Image") -> "Image.Image":
-    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,7 +279,7 @@ class VlmRanker(torch.nn.Module):
 
     def save(self, checkpoint: str | os.PathLike) -> Path:
         """Write ``ranker.json``, ``adapter/`` and ``value_head.safetensors`` (replaces the folder atomically)."""
-        from ..runfolder import atomic_path
+        from ..core.runfolder import atomic_path
 
         st = require("safetensors.torch", "ranker")
         final = Path(checkpoint)
@@ -442,7 +394,6 @@ class VlmRanker(torch.nn.Module):
 
     def groups_from_batch(self, batch) -> list[RankGroup]:
         """RankGroups for a trainer ``GroupBatch`` (photos read by key from the attached stores)."""
-        from .vlm_data import location_text
 
         if self.photos is None:
             raise GeobuildError("the VLM ranker has no photos attached; build it with geobuild.ranker.vlm.build")

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import GeobuildError
-from ..log import get_logger
+from ..core.errors import GeobuildError
+from ..core.log import get_logger
+from .vlm_prompts import RankCandidate, RankGroup, location_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
     from .data import Groups
-    from .vlm import RankGroup
 
 log = get_logger(__name__)
 
@@ -95,17 +95,10 @@ class PhotoStore:
         return im
 
 
-def location_text(texts: Sequence[str] | None) -> str:
-    """``city state country`` from a candidate's text tuple (empty parts dropped)."""
-    return " ".join(str(t) for t in (texts or ()) if t not in (None, ""))
-
-
 def rank_groups(
     groups: "Groups", rows: Sequence[int], photos: PhotoStore, candidate_photos: bool = True
 ) -> tuple[list["RankGroup"], np.ndarray, Counter]:
     """RankGroups for ``rows`` of ``groups``; returns (rank groups, the rows they came from, skipped)."""
-    from .vlm import RankCandidate, RankGroup
-
     out: list[RankGroup] = []
     kept: list[int] = []
     skipped: Counter = Counter()

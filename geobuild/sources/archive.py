@@ -12,7 +12,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from ..errors import GeobuildError
+from ..core.errors import GeobuildError
 from .metadata import IMAGE_EXT, member_keys
 
 SKIP_PARTS = ("__MACOSX",)

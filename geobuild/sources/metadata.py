@@ -12,7 +12,6 @@ time (row group ``k`` = rows of unit ``k``), so workers never load the whole met
 from __future__ import annotations
 
 import csv
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,19 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..errors import GeobuildError
-from ..geo import valid_latlon
-from ..runfolder import atomic_path
+from ..geo.geocode import TEXT_FIELDS
+from ..core.errors import GeobuildError
+from ..geo.sphere import valid_latlon
 
-TEXT_COLUMNS = ("neighbourhood", "city", "county", "state", "region", "country", "continent")
 SCENE_COLUMNS = ("S3_Label", "S16_Label", "S365_Label", "Prob_indoor", "Prob_natural", "Prob_urban")
 INT_COLUMNS = {"S3_Label", "S16_Label", "S365_Label"}
 FLOAT_COLUMNS = {"Prob_indoor", "Prob_natural", "Prob_urban"}
 FORMATS = ("mp16pro", "im2gps3k", "yfcc", "exif", "csv")
-BASE_COLUMNS = ("row", "id", "key", "bkey", "lat", "lon", "author", "status", "message")
-
 IMAGE_EXT = re.compile(r"\.(jpe?g|png|gif|bmp|tiff?|webp|heic|heif|jfif)$", re.IGNORECASE)
 UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -123,7 +118,7 @@ def resolve_columns(
         cols.text = list(dict.fromkeys(text_cols))
     else:
         used = {cols.id, cols.lat, cols.lon, cols.author}
-        cols.text = [c for c in header if c in TEXT_COLUMNS + SCENE_COLUMNS and c not in used]
+        cols.text = [c for c in header if c in TEXT_FIELDS + SCENE_COLUMNS and c not in used]
     return cols
 
 
@@ -226,23 +221,6 @@ def read_csv_table(path: Path, cols: Columns) -> pa.Table:
         )
     except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise GeobuildError(f"cannot read metadata CSV {path}: {str(exc).splitlines()[0]}") from None
-
-
-def write_plan(table: pa.Table, path: Path, rows_per_unit: int, info: dict[str, Any]) -> None:
-    """Write the plan with one row group per unit and ``info`` in the file metadata."""
-    meta = {b"geobuild.shard_plan": json.dumps(info, sort_keys=True).encode()}
-    table = table.replace_schema_metadata(meta)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, row_group_size=max(1, rows_per_unit))
-
-
-def plan_info(path: Path) -> dict[str, Any] | None:
-    """The info stored with a plan, or None if there is no readable plan."""
-    try:
-        meta = pq.read_schema(path).metadata or {}
-        return json.loads(meta[b"geobuild.shard_plan"])
-    except (OSError, KeyError, ValueError, pa.ArrowInvalid):
-        return None
 
 
 def text_value(column: str, raw: str | None) -> Any:

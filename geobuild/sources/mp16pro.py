@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from ..errors import GeobuildError
+from ..core.errors import GeobuildError
 
 PART_SUFFIX = re.compile(r"^(?P<stem>.*?)(?P<num>\d+)$")
 GLOB_CHARS = re.compile(r"[*?\[]")

@@ -1,0 +1,83 @@
+"""Run one stage: its rules (hooks), skip what is done, run the rest, record failures with a log."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any
+
+from .errors import GeobuildError
+from .executors import LocalExecutor
+from .log import get_logger
+from .runfolder import RunFolder, atomic_path
+from .stage import Stage, StageSummary
+
+log = get_logger("stage")
+
+
+def unit_log_path(run: RunFolder, stage: str, unit: str):
+    """Where a failed unit's traceback is kept: ``RUN/logs/<stage>/<unit>.log``."""
+    return run.path("logs", stage, f"{unit}.log")
+
+
+def _record_failure(run: RunFolder, stage: str, unit: str, exc: BaseException) -> str:
+    """Write the unit's traceback to its log file; the one-line message names that file."""
+    path = unit_log_path(run, stage, unit)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(traceback.format_exception(exc)))
+        where = f" (traceback: {path})"
+    except OSError:
+        where = ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def run_stage(
+    stage: Stage,
+    run: RunFolder,
+    executor: Any = None,
+    units: list[str] | None = None,
+    overwrite: bool = False,
+    record_config: bool = True,
+    raise_on_failure: bool = True,
+    preflight: bool = True,
+) -> StageSummary:
+    """Run ``stage`` over ``units`` (default: all), skipping finished ones.
+
+    The order is the same for every caller: ``preflight`` -> record the configuration (a changed
+    one is refused unless ``overwrite``; a reset calls ``on_reset``) -> ``prepare`` -> the units
+    not done -> ``finalize`` -> ``after``.
+    """
+    executor = executor or LocalExecutor(workers=1)
+    t0 = time.time()
+    if preflight:
+        stage.preflight(run, overwrite=overwrite)
+    if record_config and run.check_config(stage.name, stage.config(), overwrite=overwrite):
+        stage.on_reset(run)
+    stage.prepare(run)
+    all_units = stage.units(run) if units is None else list(units)
+    summary = StageSummary(stage=stage.name)
+    todo = []
+    for u in all_units:
+        (summary.skipped if run.is_done(stage.name, u) else todo).append(u)
+    if summary.skipped:
+        log.info("%s: %d of %d units already done, skipping them", stage.name, len(summary.skipped), len(all_units))
+    for unit, outcome in stage.run_units(run, executor, todo):
+        if isinstance(outcome, BaseException):
+            msg = _record_failure(run, stage.name, unit, outcome)
+            summary.failed[unit] = msg
+            log.error("%s unit %s failed: %s", stage.name, unit, msg)
+        else:
+            summary.done.append(unit)
+            summary.stats[unit] = outcome
+    if not summary.failed:
+        stage.finalize(run, summary)
+        stage.after(run, summary)
+    summary.seconds = time.time() - t0
+    if summary.failed and raise_on_failure:
+        first = next(iter(summary.failed.items()))
+        raise GeobuildError(
+            f"{stage.name}: {len(summary.failed)} of {len(todo)} units failed (first: {first[0]}: {first[1]}); "
+            "rerun the same command to retry them"
+        )
+    return summary

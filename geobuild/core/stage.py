@@ -1,0 +1,91 @@
+"""The stage contract: units of work, one process call per unit, and the hooks of a stage's rules.
+
+A :class:`Stage` names its units (usually one per shard, ``00000`` ...) and processes one unit at a
+time. :func:`geobuild.core.runner.run_stage` runs it the same way for ``geobuild run`` and for the
+single-stage command: ``preflight`` (before anything is recorded), the recorded configuration
+(``on_reset`` when ``--overwrite`` redoes the stage), ``prepare``, the units that are not done, then
+``finalize`` and ``after``. :func:`geobuild.core.commit.execute_unit` commits each unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Iterator
+
+from .runfolder import RunFolder
+
+
+@dataclass
+class UnitResult:
+    """What a unit reports: counters for the stats JSON and the ledger rows of its rejects."""
+
+    stats: dict[str, Any] = field(default_factory=dict)
+    ledger: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class StageSummary:
+    """What one run of a stage did: units done now, skipped (done before), failed (with a message)."""
+
+    stage: str
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Stage:
+    """Base class for stages. Subclasses are picklable dataclasses holding their config as ``cfg``."""
+
+    name: ClassVar[str] = "stage"
+    #: resources a unit needs, for executors that schedule them (Ray): {"num_cpus": 1, "num_gpus": 0}
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
+
+    # -- the units ----------------------------------------------------------------------------
+    def units(self, run: RunFolder) -> list[str]:
+        """Deterministic, sorted list of unit names for this run."""
+        raise NotImplementedError
+
+    def process(self, run: RunFolder, unit: str) -> UnitResult:
+        """Do one unit: write its outputs atomically and return its stats and ledger rows."""
+        raise NotImplementedError
+
+    def config(self) -> Any:
+        """The configuration recorded in the run's config.yaml under this stage's name."""
+        return {}
+
+    # -- the stage's rules (hooks) ---------------------------------------------------------------
+    def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
+        """Fail before any work and before config.yaml records anything (missing inputs, models)."""
+
+    def on_reset(self, run: RunFolder) -> None:
+        """The stage's markers were removed (``--overwrite``): forget what depends on them."""
+
+    def prepare(self, run: RunFolder) -> None:
+        """After the configuration is recorded, before the units: remove leftovers, redo stale units."""
+
+    def run_units(self, run: RunFolder, executor: Any, todo: list[str]) -> Iterator[tuple[str, Any]]:
+        """Run the ``todo`` units, yielding ``(unit, stats | exception)``; default: on ``executor``."""
+        return executor.map_units(self, run, todo)
+
+    def finalize(self, run: RunFolder, summary: StageSummary) -> None:
+        """Called once after every unit succeeded (e.g. write sizes.json, merge stats)."""
+
+    def after(self, run: RunFolder, summary: StageSummary) -> None:
+        """Called after ``finalize``: checks of the finished outputs, what the next stage must redo."""
+
+
+#: a resources key for executors that schedule GPUs (Ray): this many GPUs per unit when the cluster
+#: has them, else none (and no warning); how ``device: auto`` asks for a GPU
+GPU_IF_AVAILABLE = "num_gpus_if_available"
+
+
+def device_resources(device: str, num_cpus: float = 1.0) -> dict[str, float]:
+    """A unit's resources for a stage running on ``device``: one GPU on ``cuda``/``cuda:N``; on
+    ``auto`` one GPU if the cluster has any (decided by the executor, see :data:`GPU_IF_AVAILABLE`);
+    none otherwise (``cpu``)."""
+    res = {"num_cpus": float(num_cpus), "num_gpus": 1.0 if str(device).startswith("cuda") else 0.0}
+    if device == "auto":
+        res[GPU_IF_AVAILABLE] = 1.0
+    return res

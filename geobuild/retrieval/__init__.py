@@ -1,0 +1,1 @@
+"""Nearest-neighbour search: faiss indexes and exact torch / numpy top-k."""

@@ -1,0 +1,506 @@
+"""The ``mine`` stage: candidate locations for every query photo, one unit per query shard.
+
+Per query (a row of ``embeddings/<unit>``):
+
+1. image candidates: the top-K gallery neighbours after exclusions (the query itself, optionally
+   photos by the same author and near-duplicates), see :mod:`geobuild.image_candidates`;
+2. GPS candidates: the top-K GPS-gallery points by kernel density of the neighbours' locations
+   (``kde``, any encoder) or by GeoCLIP's image head (``geoclip``, CLIP ViT-L/14 only), see
+   :mod:`geobuild.gps_candidates`;
+3. distance-band negatives (near / regional / far), see :mod:`geobuild.negatives`;
+4. location text for every candidate (the gallery's own columns when it has them, else offline
+   reverse geocoding, :mod:`geobuild.geocode`), the haversine km to the query and the
+   within-1/25/200/750/2500-km flags.
+
+Output: ``candidates/<unit>.parquet`` (schema ``candidates``), one row per mined query. Queries
+with invalid coordinates or no candidate at all go to the ledger, so mined + ledger = queries.
+The gallery is the run's own index, or another run's (``gallery``) built with the same model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from ...core.errors import GeobuildError
+from ...geo.sphere import THRESHOLDS_KM, haversine_km, valid_latlon
+from ...geo.geocode import GEOCODED_FIELDS, GeocodeConfig, reverse_geocode
+from ...core.ledger import reject
+from ...core.log import get_logger
+from ...core.runfolder import RunFolder, atomic_path
+from ...core.stage import Stage, UnitResult, device_resources
+from ...artifacts.candidates import SCHEMA, candidates_path
+from ...artifacts.embeddings import embedded_units, model_info_path, read_embeddings, read_model_info
+
+log = get_logger("mine")
+
+GPS_SCORERS = ("kde", "geoclip")
+NEGATIVE_POOLS = ("gallery", "gps", "both")
+SOURCES = ("image", "gps", "negative")
+#: rows per Parquet row group of candidates/<unit>.parquet: readers (the distances stage) decode
+#: one row group at a time, so this bounds their memory whatever the shard size
+CANDIDATES_ROW_GROUP = 1024
+
+
+@dataclass
+class MineConfig:
+    """Options of ``geobuild mine`` (the ``mine`` section of config.yaml)."""
+
+    gallery: str | None = None  # another run folder whose index is the gallery (None: this run)
+    k_image: int = 10
+    k_gps: int = 10
+    negatives: str = "near=2,regional=2,far=2"
+    band_edges_km: tuple[float, float] = (25.0, 750.0)
+    negatives_from: str = "both"  # gallery | gps | both
+    negative_pool: int = 1_000_000  # at most this many gallery photos in the negative pool (seeded)
+    exclude_same_author: bool = False
+    dedup_threshold: float | None = 0.98  # cosine at/above which a neighbour is a near-duplicate
+    gps_scorer: str = "kde"
+    kde_bandwidth_km: float = 25.0
+    kde_temperature: float = 0.05
+    kde_neighbours: int = 32
+    gps_min_sep_km: float = 25.0  # kde: GPS candidates at least this far apart (0: pure top-K)
+    geoclip_input_norm: float = 20.0
+    place_max_km: float = 50.0
+    country_max_km: float = 300.0
+    overfetch: int = 8
+    seed: int = 0
+    device: str = "auto"  # where the gallery is searched (auto | cpu | cuda); not part of the recorded config
+
+    def __post_init__(self) -> None:
+        if self.gps_scorer not in GPS_SCORERS:
+            raise GeobuildError(f"unknown --gps-scorer '{self.gps_scorer}' (choose kde or geoclip)")
+        if self.negatives_from not in NEGATIVE_POOLS:
+            raise GeobuildError(f"unknown --negatives-from '{self.negatives_from}' (choose gallery, gps or both)")
+        if self.k_image < 0 or self.k_gps < 0:
+            raise GeobuildError("--k-image and --k-gps must be >= 0")
+        if self.kde_bandwidth_km <= 0 or self.kde_temperature <= 0:
+            raise GeobuildError("--kde-bandwidth-km and --kde-temperature must be > 0")
+        self.band_edges_km = tuple(float(e) for e in self.band_edges_km)  # type: ignore[assignment]
+        from .bands import parse_bands
+
+        parse_bands(self.negatives, self.band_edges_km)  # validate early
+
+    def recorded(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("device")
+        d["band_edges_km"] = list(self.band_edges_km)
+        return d
+
+
+# -- per-process context: gallery, GPS gallery, negative pool ----------------------------------
+@dataclass
+class MiningContext:
+    gallery: Any
+    same_run: bool
+    g_key: np.ndarray
+    g_id: np.ndarray
+    g_author: np.ndarray | None
+    g_lat: np.ndarray
+    g_lon: np.ndarray
+    g_text: dict[str, np.ndarray]  # GEOCODED_FIELDS -> object arrays ('' where unknown)
+    g_has_text: np.ndarray
+    gps_lat: np.ndarray
+    gps_lon: np.ndarray
+    gps_features: np.ndarray | None
+    gps_tree: Any
+    pool_rows: np.ndarray  # gallery rows in the negative pool (sorted)
+    pool_n_gallery: int
+    sampler: Any
+    bands: list
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+_CONTEXTS: dict[tuple, MiningContext] = {}
+
+
+def gallery_run(run: RunFolder, cfg: MineConfig) -> RunFolder:
+    return RunFolder(cfg.gallery) if cfg.gallery else run
+
+
+def _text_column(meta: pd.DataFrame, col: str) -> np.ndarray:
+    if col not in meta:
+        return np.full(len(meta), "", dtype=object)
+    return meta[col].fillna("").astype(str).to_numpy(dtype=object)
+
+
+def check_models(run: RunFolder, cfg: MineConfig) -> dict[str, Any]:
+    """The query run's model info; one clear error if the gallery was built with another model."""
+    from ...artifacts.gallery import INFO_FILE, index_path
+
+    info = read_model_info(run)
+    grun = gallery_run(run, cfg)
+    gpath = index_path(grun, INFO_FILE)
+    if not gpath.exists():
+        raise GeobuildError(f"no gallery index in {grun.root} (missing {gpath}); run: geobuild index --run {grun.root}")
+    from ...core.runfolder import read_json
+    from ...artifacts.gallery import GALLERY_UNIT
+
+    ginfo = read_json(gpath, f"redo the index: remove {gpath} and {grun.marker_path('index', GALLERY_UNIT)}, "
+                             f"then run: geobuild index --run {grun.root}")
+    if str(ginfo.get("model")) != str(info.get("model")) or int(ginfo.get("dim", -1)) != int(info.get("dim", -2)):
+        raise GeobuildError(
+            f"the gallery in {grun.root} was built with {ginfo.get('model')} ({ginfo.get('dim')}-d) but the queries in "
+            f"{run.root} are embedded with {info.get('model')} ({info.get('dim')}-d); embed both with the same --model"
+        )
+    if cfg.gps_scorer == "geoclip":
+        from .gps_candidates import check_geoclip_model
+
+        check_geoclip_model(str(info.get("model")), int(info.get("dim", 0)))
+    return info
+
+
+def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
+    """Load (once per process) the gallery, GPS gallery and negative pool that ``cfg`` needs."""
+    from ...artifacts.gallery import load_gallery, load_gps_gallery
+    from .bands import BandSampler, parse_bands
+    from ...geo.spatial import PointTree
+
+    grun = gallery_run(run, cfg)
+    key = (str(run.root), str(grun.root), cfg.device, repr(sorted(cfg.recorded().items())))
+    if key in _CONTEXTS:
+        return _CONTEXTS[key]
+    check_models(run, cfg)
+    t0 = time.time()
+    gallery = load_gallery(grun, device=cfg.device)
+    meta = gallery.meta
+    notes: dict[str, Any] = {}
+    g_text = {f: _text_column(meta, f) for f in GEOCODED_FIELDS}
+    g_has_text = np.zeros(len(meta), dtype=bool)
+    for f in GEOCODED_FIELDS:
+        g_has_text |= g_text[f] != ""
+    try:
+        gps = load_gps_gallery(grun)
+        gps_lat, gps_lon, gps_feat = gps.lat, gps.lon, gps.features
+    except GeobuildError as exc:
+        log.warning("mine: no GPS gallery (%s); GPS candidates are skipped", exc)
+        gps_lat = gps_lon = np.zeros(0)
+        gps_feat = None
+    if gps_lat.size == 0:
+        notes["gps_gallery"] = "missing or empty: GPS candidates skipped"
+    if cfg.gps_scorer == "geoclip" and gps_lat.size and gps_feat is None:
+        from ...encoders.location import encode_gps
+
+        gps_feat = encode_gps(gps_lat, gps_lon)
+    gps_tree = PointTree(gps_lat, gps_lon)
+    g_lat = meta["lat"].to_numpy(np.float64)
+    g_lon = meta["lon"].to_numpy(np.float64)
+    rng = np.random.default_rng(cfg.seed)
+    n_g = len(meta) if cfg.negatives_from in ("gallery", "both") else 0
+    pool_rows = np.arange(n_g) if n_g <= cfg.negative_pool else np.sort(rng.choice(n_g, cfg.negative_pool, replace=False))
+    use_gps = cfg.negatives_from in ("gps", "both")
+    p_lat = np.concatenate([g_lat[pool_rows], gps_lat if use_gps else []])
+    p_lon = np.concatenate([g_lon[pool_rows], gps_lon if use_gps else []])
+    g_id = meta["id"].to_numpy(dtype=object)
+    p_ids = np.concatenate([g_id[pool_rows], np.full(gps_lat.size if use_gps else 0, None, dtype=object)])
+    ctx = MiningContext(
+        gallery=gallery,
+        same_run=grun.root == run.root,
+        g_key=meta["key"].to_numpy(dtype=object),
+        g_id=g_id,
+        g_author=meta["author"].to_numpy(dtype=object) if cfg.exclude_same_author and "author" in meta else None,
+        g_lat=g_lat,
+        g_lon=g_lon,
+        g_text=g_text,
+        g_has_text=g_has_text,
+        gps_lat=np.asarray(gps_lat, dtype=np.float64),
+        gps_lon=np.asarray(gps_lon, dtype=np.float64),
+        gps_features=gps_feat,
+        gps_tree=gps_tree,
+        pool_rows=pool_rows,
+        pool_n_gallery=int(pool_rows.size),
+        sampler=BandSampler(p_lat, p_lon, keys=p_ids),
+        bands=parse_bands(cfg.negatives, cfg.band_edges_km),
+        notes=notes,
+    )
+    log.info(
+        "mine: gallery %s (%d photos, %s), %d GPS points, negative pool %d, ready in %.1fs",
+        grun.root, len(meta), gallery.model, gps_lat.size, len(p_lat), time.time() - t0,
+    )
+    _CONTEXTS.clear()
+    _CONTEXTS[key] = ctx
+    return ctx
+
+
+# -- the stage ---------------------------------------------------------------------------------
+@dataclass
+class MineStage(Stage):
+    """Mines candidates for the query shards ``selected`` (None: every embedded shard)."""
+
+    cfg: MineConfig = field(default_factory=MineConfig)
+    selected: list[str] | None = None
+    name: ClassVar[str] = "mine"
+
+    @property
+    def resources(self) -> dict[str, float]:  # type: ignore[override]
+        """One GPU per unit on ``device: cuda`` (or ``auto`` on a cluster with GPUs), for the gallery search."""
+        return device_resources(self.cfg.device)
+
+    def config(self) -> dict[str, Any]:
+        return self.cfg.recorded()
+
+    def units(self, run: RunFolder) -> list[str]:
+        have = embedded_units(run)
+        return list(self.selected) if self.selected is not None else have
+
+    def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
+        """Embedded queries, and a gallery index built with the same model."""
+        if not run.root.exists():
+            raise GeobuildError(f"run folder not found: {run.root}")
+        if not model_info_path(run).exists():
+            raise GeobuildError(f"no embeddings in {run.root}; run: geobuild embed --run {run.root}")
+        check_models(run, self.cfg)
+        if not self.units(run):
+            raise GeobuildError(f"no embedded shards in {run.root}; run: geobuild embed --run {run.root}")
+
+    def process(self, run: RunFolder, unit: str) -> UnitResult:
+        return mine_unit(run, unit, self.cfg)
+
+
+def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
+    """Mine one query shard and write ``candidates/<unit>.parquet``."""
+    import pyarrow.parquet as pq
+
+    from .gps_candidates import geoclip_candidates, kde_candidates
+    from .image_candidates import search_image_candidates
+    from ...core.schemas import table
+
+    t0 = time.time()
+    x, qmeta = read_embeddings(run, unit)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    ctx = mining_context(run, cfg)
+    n_in = len(qmeta)
+    ledger: list[dict[str, Any]] = []
+    q_key = qmeta["key"].astype(str).to_numpy(dtype=object)
+    q_id = qmeta["id"].fillna("").astype(str).to_numpy(dtype=object) if "id" in qmeta else q_key.copy()
+    q_lat = pd.to_numeric(qmeta["lat"], errors="coerce").to_numpy(np.float64)
+    q_lon = pd.to_numeric(qmeta["lon"], errors="coerce").to_numpy(np.float64)
+    ok = valid_latlon(q_lat, q_lon)
+    finite = np.isfinite(x).all(axis=1) if x.size else np.ones(n_in, dtype=bool)
+    for i in np.flatnonzero(~ok):
+        ledger.append(reject(q_key[i], q_id[i], "invalid_coordinates", f"query coordinates ({q_lat[i]}, {q_lon[i]}) are invalid"))
+    for i in np.flatnonzero(ok & ~finite):
+        ledger.append(reject(q_key[i], q_id[i], "bad_embedding", "query embedding has non-finite values"))
+    keep = np.flatnonzero(ok & finite)
+    x, q_key, q_id, q_lat, q_lon = x[keep], q_key[keep], q_id[keep], q_lat[keep], q_lon[keep]
+    q_author = qmeta["author"].to_numpy(dtype=object)[keep] if "author" in qmeta else np.full(keep.size, None, dtype=object)
+    n = keep.size
+    stats: dict[str, Any] = {"queries": n_in, "gallery": str(gallery_run(run, cfg).root), "gallery_size": int(ctx.gallery.ntotal)}
+    stats.update(ctx.notes)
+
+    # 1. image candidates (and the neighbours the KDE scorer weighs)
+    available = int(ctx.gallery.ntotal) - (1 if ctx.same_run else 0)
+    k_img = cfg.k_image
+    if k_img > available:
+        log.warning("mine: --k-image %d exceeds the gallery (%d photos besides the query); using %d", k_img, available, available)
+        stats["k_image_clamped_to"] = k_img = max(available, 0)
+    k_fetch = max(k_img, cfg.kde_neighbours if cfg.gps_scorer == "kde" and cfg.k_gps > 0 else 0)
+    k_fetch = min(k_fetch, max(available, 0))
+    t = time.time()
+    pick = search_image_candidates(
+        ctx.gallery, x, q_key, q_id, q_author, k_fetch, ctx.same_run, ctx.g_key, ctx.g_id,
+        ctx.g_author, cfg.dedup_threshold, cfg.overfetch,
+    )
+    stats["seconds_image"] = round(time.time() - t, 3)
+    stats["excluded"] = pick.excluded
+    img_rows, img_scores = pick.rows[:, :k_img], pick.scores[:, :k_img]
+    stats["image_short"] = int((img_rows < 0).sum())
+
+    # 2. GPS candidates
+    t = time.time()
+    k_gps = cfg.k_gps
+    n_gps_points = int(ctx.gps_lat.size)
+    if k_gps > 0 and n_gps_points == 0:
+        stats["gps_skipped"] = n
+        k_gps = 0
+    elif k_gps > n_gps_points:
+        log.warning("mine: --k-gps %d exceeds the GPS gallery (%d points); using %d", k_gps, n_gps_points, n_gps_points)
+        stats["k_gps_clamped_to"] = k_gps = n_gps_points
+    if k_gps > 0 and n:
+        if cfg.gps_scorer == "geoclip":
+            gp = geoclip_candidates(x, ctx.gps_features, k_gps, cfg.geoclip_input_norm)
+        else:
+            nb = pick.rows
+            valid = nb >= 0
+            safe = np.where(valid, nb, 0)
+            gp = kde_candidates(
+                ctx.g_lat[safe], ctx.g_lon[safe], pick.scores, valid, ctx.gps_tree, k_gps,
+                cfg.kde_bandwidth_km, cfg.kde_temperature, min_sep_km=cfg.gps_min_sep_km,
+            )
+        gps_rows, gps_scores = gp.rows, gp.scores
+    else:
+        gps_rows = np.full((n, 0), -1, dtype=np.int64)
+        gps_scores = np.zeros((n, 0), dtype=np.float32)
+    stats["seconds_gps"] = round(time.time() - t, 3)
+
+    # 3. distance-band negatives (pool = gallery rows ctx.pool_rows, then GPS points)
+    t = time.time()
+    exclude = []
+    for i in range(n):
+        taken: set[int] = set()
+        r = img_rows[i][img_rows[i] >= 0]
+        if r.size and ctx.pool_rows.size:
+            pos = np.minimum(np.searchsorted(ctx.pool_rows, r), ctx.pool_rows.size - 1)
+            taken.update(pos[ctx.pool_rows[pos] == r].tolist())  # image candidates that are in the pool
+        if cfg.negatives_from != "gallery":
+            taken.update((ctx.pool_n_gallery + gps_rows[i][gps_rows[i] >= 0]).tolist())
+        exclude.append(taken)
+    negs = ctx.sampler.sample(q_lat, q_lon, q_id, ctx.bands, cfg.seed, exclude)
+    stats["negatives_short"] = int(negs.short)
+    stats["seconds_negatives"] = round(time.time() - t, 3)
+
+    # 4. assemble: per query, image, gps, negatives; kind 0 = gallery row, 1 = GPS point
+    t = time.time()
+    kinds, rows, src, score, rank, band, offsets = [], [], [], [], [], [], [0]
+    band_names = [b.name for b in ctx.bands]
+    mined = np.zeros(n, dtype=bool)
+    for i in range(n):
+        vi = img_rows[i] >= 0
+        vg = gps_rows[i] >= 0
+        ni, ng = int(vi.sum()), int(vg.sum())
+        neg = negs.index[i]
+        in_gallery = neg < ctx.pool_n_gallery
+        pool_row = ctx.pool_rows[np.minimum(neg, ctx.pool_rows.size - 1)] if ctx.pool_rows.size else np.zeros_like(neg)
+        neg_rows = np.where(in_gallery, pool_row, neg - ctx.pool_n_gallery)
+        total = ni + ng + neg.size
+        if total == 0:
+            ledger.append(reject(q_key[i], q_id[i], "no_candidates", "no image, GPS or negative candidate found"))
+            continue
+        mined[i] = True
+        kinds += [np.zeros(ni, np.int8), np.ones(ng, np.int8), np.where(in_gallery, 0, 1).astype(np.int8)]
+        rows += [img_rows[i][vi], gps_rows[i][vg], neg_rows.astype(np.int64)]
+        src += ["image"] * ni + ["gps"] * ng + ["negative"] * neg.size
+        score += [img_scores[i][vi], gps_scores[i][vg], np.zeros(neg.size, np.float32)]
+        rank += [np.arange(ni), np.arange(ng), np.arange(neg.size)]
+        band += [None] * (ni + ng) + [band_names[b] for b in negs.band[i]]
+        offsets.append(offsets[-1] + total)
+    kinds_a = np.concatenate(kinds) if kinds else np.zeros(0, np.int8)
+    rows_a = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    m = np.flatnonzero(mined)
+    counts = np.diff(offsets)
+    qidx = np.repeat(np.arange(m.size), counts)
+
+    is_g = kinds_a == 0
+    gr = np.where(is_g, rows_a, 0)
+    pr = np.where(is_g, 0, rows_a)
+    c_lat = np.where(is_g, ctx.g_lat[gr] if ctx.g_lat.size else 0.0, ctx.gps_lat[pr] if ctx.gps_lat.size else 0.0)
+    c_lon = np.where(is_g, ctx.g_lon[gr] if ctx.g_lon.size else 0.0, ctx.gps_lon[pr] if ctx.gps_lon.size else 0.0)
+    c_key = np.where(is_g, ctx.g_key[gr] if ctx.g_key.size else None, None)
+    c_id = np.where(is_g, ctx.g_id[gr] if ctx.g_id.size else None, np.char.add("gps:", pr.astype(str)).astype(object))
+
+    # location text: the gallery's own columns where it has them, else one reverse-geocoding batch
+    geo_cfg = GeocodeConfig(cfg.place_max_km, cfg.country_max_km)
+    own = is_g & (ctx.g_has_text[gr] if ctx.g_has_text.size else False)
+    need = ~own
+    ql, qo = q_lat[m], q_lon[m]
+    q_text_src = {f: _text_column(qmeta.iloc[keep[m]].reset_index(drop=True), f) for f in GEOCODED_FIELDS}
+    q_has = np.zeros(m.size, dtype=bool)
+    for f in GEOCODED_FIELDS:
+        q_has |= q_text_src[f] != ""
+    geo = reverse_geocode(np.concatenate([c_lat[need], ql[~q_has]]), np.concatenate([c_lon[need], qo[~q_has]]), geo_cfg)
+    n_need = int(need.sum())
+    c_text = {}
+    for f in GEOCODED_FIELDS:
+        col = np.where(own, ctx.g_text[f][gr] if ctx.g_text[f].size else "", "").astype(object)
+        col[need] = geo[f].to_numpy(dtype=object)[:n_need]
+        c_text[f] = col
+        qcol = q_text_src[f].copy()
+        qcol[~q_has] = geo[f].to_numpy(dtype=object)[n_need:]
+        q_text_src[f] = qcol
+    stats["geocoded_points"] = int(len(geo))
+    dist = haversine_km(ql[qidx], qo[qidx], c_lat, c_lon).astype(np.float32)
+    stats["seconds_text"] = round(time.time() - t, 3)
+
+    tbl = _build_table(
+        unit, q_key[m], q_id[m], ql, qo, q_author[m], q_text_src, np.asarray(offsets, dtype=np.int32),
+        src, c_key, c_id, c_lat, c_lon, np.concatenate(score) if score else np.zeros(0, np.float32),
+        np.concatenate(rank).astype(np.int32) if rank else np.zeros(0, np.int32), c_text, dist, band, table,
+    )
+    with atomic_path(candidates_path(run, unit)) as tmp:
+        pq.write_table(tbl, tmp, row_group_size=CANDIDATES_ROW_GROUP)
+    by_source = {s: int(sum(1 for v in src if v == s)) for s in SOURCES}
+    stats.update({
+        "mined": int(m.size),
+        "rejected": len(ledger),
+        "rejected_by_reason": _count(r["status"] for r in ledger),
+        "candidates": int(rows_a.size),
+        "candidates_by_source": by_source,
+        "seconds_total_unit": round(time.time() - t0, 3),
+    })
+    if m.size + len(ledger) != n_in:  # pragma: no cover - accounting guard
+        raise RuntimeError(f"mine {unit}: {m.size} mined + {len(ledger)} ledger != {n_in} queries")
+    return UnitResult(stats=stats, ledger=ledger or None)
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def texts_of(city, state, country) -> list[str]:
+    """GeoRanking's text list for one location: the non-empty of [city, state, country]."""
+    return [t for t in (city, state, country) if t]
+
+
+def _build_table(unit, q_key, q_id, q_lat, q_lon, q_author, q_text, offsets, src, c_key, c_id, c_lat, c_lon,
+                 score, rank, c_text, dist, band, table_fn):
+    import pyarrow as pa
+
+    off = pa.array(offsets, type=pa.int32())
+
+    def lst(values, typ):
+        return pa.ListArray.from_arrays(off, pa.array(values, type=typ))
+
+    # cand_texts: list<list<string>>, non-empty of [city, state, country]
+    inner_vals, inner_off = [], [0]
+    for c, s, k in zip(c_text["city"], c_text["state"], c_text["country"]):
+        t = texts_of(c, s, k)
+        inner_vals += t
+        inner_off.append(inner_off[-1] + len(t))
+    texts_inner = pa.ListArray.from_arrays(pa.array(inner_off, type=pa.int32()), pa.array(inner_vals, type=pa.string()))
+    thr = np.asarray(THRESHOLDS_KM, dtype=np.float64)
+    within = (dist.astype(np.float64)[:, None] < thr[None, :]).ravel()
+    within_inner = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, within.size + 1, len(thr), dtype=np.int32)), pa.array(within, type=pa.bool_())
+    )
+    q_texts = [texts_of(c, s, k) for c, s, k in zip(q_text["city"], q_text["state"], q_text["country"])]
+    counts = {s: [] for s in SOURCES}
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        seg = src[a:b]
+        for s in SOURCES:
+            counts[s].append(sum(1 for v in seg if v == s))
+    cols = {
+        "key": pa.array(q_key.tolist(), type=pa.string()),
+        "id": pa.array(q_id.tolist(), type=pa.string()),
+        "shard": pa.array([unit] * len(q_key), type=pa.string()),
+        "lat": pa.array(q_lat, type=pa.float64()),
+        "lon": pa.array(q_lon, type=pa.float64()),
+        "author": pa.array([None if a is None or (isinstance(a, float) and np.isnan(a)) else str(a) for a in q_author], type=pa.string()),
+        "texts": pa.array(q_texts, type=pa.list_(pa.string())),
+        "cand_source": lst(src, pa.string()),
+        "cand_key": lst(c_key.tolist(), pa.string()),
+        "cand_id": lst([str(v) for v in c_id], pa.string()),
+        "cand_lat": lst(c_lat, pa.float64()),
+        "cand_lon": lst(c_lon, pa.float64()),
+        "cand_score": lst(score.astype(np.float32), pa.float32()),
+        "cand_rank": lst(rank, pa.int32()),
+        "cand_texts": pa.ListArray.from_arrays(off, texts_inner),
+        "cand_city": lst(c_text["city"].tolist(), pa.string()),
+        "cand_county": lst(c_text["county"].tolist(), pa.string()),
+        "cand_state": lst(c_text["state"].tolist(), pa.string()),
+        "cand_country": lst(c_text["country"].tolist(), pa.string()),
+        "cand_continent": lst(c_text["continent"].tolist(), pa.string()),
+        "cand_dist_km": lst(dist, pa.float32()),
+        "cand_within": pa.ListArray.from_arrays(off, within_inner),
+        "n_image": pa.array(counts["image"], type=pa.int32()),
+        "n_gps": pa.array(counts["gps"], type=pa.int32()),
+        "n_negative": pa.array(counts["negative"], type=pa.int32()),
+        "cand_band": lst(band, pa.string()),
+    }
+    return table_fn(SCHEMA, cols)
