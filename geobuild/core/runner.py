@@ -44,7 +44,8 @@ def run_stage(
 ) -> StageSummary:
     """Run ``stage`` over ``units`` (default: all), skipping finished ones.
 
-    The order is the same for every caller: ``preflight`` -> record the configuration (a changed
+    The order is the same for every caller: ``preflight`` (unless the caller did it already) ->
+    ``check_inputs`` -> record the configuration (a changed
     one is refused unless ``overwrite``; a reset calls ``on_reset``) -> ``prepare`` -> the units
     not done -> ``finalize`` -> ``after``.
     """
@@ -52,6 +53,7 @@ def run_stage(
     t0 = time.time()
     if preflight:
         stage.preflight(run, overwrite=overwrite)
+    stage.check_inputs(run, overwrite=overwrite)
     if record_config and run.check_config(stage.name, stage.config(), overwrite=overwrite):
         stage.on_reset(run)
     stage.prepare(run)

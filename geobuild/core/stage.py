@@ -2,14 +2,14 @@
 
 A :class:`Stage` names its units (usually one per shard, ``00000`` ...) and processes one unit at a
 time. :func:`geobuild.core.runner.run_stage` runs it the same way for ``geobuild run`` and for the
-single-stage command: ``preflight`` (before anything is recorded), the recorded configuration
+single-stage command: ``preflight`` and ``check_inputs`` (before anything is recorded), the recorded configuration
 (``on_reset`` when ``--overwrite`` redoes the stage), ``prepare``, the units that are not done, then
 ``finalize`` and ``after``. :func:`geobuild.core.commit.execute_unit` commits each unit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterator
 
 from .runfolder import RunFolder
@@ -39,8 +39,12 @@ class Stage:
     """Base class for stages. Subclasses are picklable dataclasses holding their config as ``cfg``."""
 
     name: ClassVar[str] = "stage"
-    #: resources a unit needs, for executors that schedule them (Ray): {"num_cpus": 1, "num_gpus": 0}
-    resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What a unit needs, for executors that schedule it (Ray): one CPU, and one GPU when the
+        config's ``device`` asks for one (see :func:`device_resources`)."""
+        return device_resources(str(getattr(getattr(self, "cfg", None), "device", "cpu")))
 
     # -- the units ----------------------------------------------------------------------------
     def units(self, run: RunFolder) -> list[str]:
@@ -52,12 +56,21 @@ class Stage:
         raise NotImplementedError
 
     def config(self) -> Any:
-        """The configuration recorded in the run's config.yaml under this stage's name."""
-        return {}
+        """The configuration recorded in the run's config.yaml under this stage's name: the config's
+        ``recorded()`` (what determines the outputs) when it has one, else the whole config."""
+        cfg = getattr(self, "cfg", None)
+        if cfg is None:
+            return {}
+        recorded = getattr(cfg, "recorded", None)
+        return recorded() if callable(recorded) else asdict(cfg)
 
     # -- the stage's rules (hooks) ---------------------------------------------------------------
     def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
-        """Fail before any work and before config.yaml records anything (missing inputs, models)."""
+        """Fail before any work of a whole pipeline: what comes from outside the run (input files,
+        models, tokens). ``geobuild run`` calls it for every stage before the first one starts."""
+
+    def check_inputs(self, run: RunFolder, overwrite: bool = False) -> None:
+        """Fail before this stage records its configuration: the outputs of earlier stages it reads."""
 
     def on_reset(self, run: RunFolder) -> None:
         """The stage's markers were removed (``--overwrite``): forget what depends on them."""

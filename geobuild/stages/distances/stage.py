@@ -61,9 +61,6 @@ class DistancesStage(Stage):
         if self.cfg.method not in METHODS:
             raise GeobuildError(f"unknown --method '{self.cfg.method}' (choose {', '.join(METHODS)})")
 
-    def config(self) -> dict[str, Any]:
-        return self.cfg.recorded()
-
     def units(self, run: RunFolder) -> list[str]:
         return run.done_units("mine")
 

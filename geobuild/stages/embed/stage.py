@@ -49,11 +49,13 @@ class EmbedStage(Stage):
         return units
 
     def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
-        """A shard run to embed; the model loads (on the CPU: the driver need not have the units'
-        GPU); an existing model.json names the same model (see :meth:`check_model`)."""
+        """The model loads (on the CPU: the driver need not have the units' GPU)."""
+        load_encoder(self.cfg.model, "cpu")
+
+    def check_inputs(self, run: RunFolder, overwrite: bool = False) -> None:
+        """A shard run to embed; an existing model.json names the same model (:meth:`check_model`)."""
         if not run.root.is_dir():
             raise GeobuildError(f"run folder not found: {run.root}; create it with geobuild shard --out {run.root}")
-        load_encoder(self.cfg.model, "cpu")
         self.check_model(run, overwrite=overwrite)
 
     def on_reset(self, run: RunFolder) -> None:

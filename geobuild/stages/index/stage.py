@@ -43,7 +43,7 @@ from ...geo.sphere import valid_latlon
 from ...core.ledger import reject
 from ...core.log import get_logger, progress
 from ...core.runfolder import RunFolder, atomic_path, read_json, remove_leftovers
-from ...core.stage import Stage, StageSummary, UnitResult, device_resources
+from ...core.stage import Stage, StageSummary, UnitResult
 from ...retrieval.faiss_index import KINDS
 
 log = get_logger("index")
@@ -157,20 +157,15 @@ class IndexStage(Stage):
     cfg: IndexConfig = field(default_factory=IndexConfig)
     name: ClassVar[str] = "index"
 
-    @property
-    def resources(self) -> dict[str, float]:  # type: ignore[override]
-        """One GPU per unit on ``device: cuda`` (or ``auto`` on a cluster with GPUs), for the GPS gallery encoding."""
-        return device_resources(self.cfg.device)
-
-    def config(self) -> dict[str, Any]:
-        return self.cfg.recorded()
-
     def units(self, run: RunFolder) -> list[str]:
         return [GALLERY_UNIT] + ([] if self.cfg.gps_gallery == "none" else [GPS_UNIT])
 
-    def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
-        """Embeddings to index, and the GPS gallery CSV when one is named."""
+    def check_inputs(self, run: RunFolder, overwrite: bool = False) -> None:
+        """Embeddings to index, all of one model and dimension."""
         check_embeddings(run)
+
+    def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
+        """The GPS gallery CSV, when one is named."""
         if self.cfg.gps_gallery not in ("geoclip", "none") and not Path(self.cfg.gps_gallery).expanduser().exists():
             raise GeobuildError(f"GPS gallery CSV not found: {self.cfg.gps_gallery}")
 

@@ -32,7 +32,7 @@ from ...geo.geocode import GEOCODED_FIELDS, GeocodeConfig, reverse_geocode
 from ...core.ledger import reject
 from ...core.log import get_logger
 from ...core.runfolder import RunFolder, atomic_path
-from ...core.stage import Stage, UnitResult, device_resources
+from ...core.stage import Stage, UnitResult
 from ...artifacts.candidates import SCHEMA, candidates_path
 from ...artifacts.embeddings import embedded_units, model_info_path, read_embeddings, read_model_info
 
@@ -235,19 +235,11 @@ class MineStage(Stage):
     selected: list[str] | None = None
     name: ClassVar[str] = "mine"
 
-    @property
-    def resources(self) -> dict[str, float]:  # type: ignore[override]
-        """One GPU per unit on ``device: cuda`` (or ``auto`` on a cluster with GPUs), for the gallery search."""
-        return device_resources(self.cfg.device)
-
-    def config(self) -> dict[str, Any]:
-        return self.cfg.recorded()
-
     def units(self, run: RunFolder) -> list[str]:
         have = embedded_units(run)
         return list(self.selected) if self.selected is not None else have
 
-    def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
+    def check_inputs(self, run: RunFolder, overwrite: bool = False) -> None:
         """Embedded queries, and a gallery index built with the same model."""
         if not run.root.exists():
             raise GeobuildError(f"run folder not found: {run.root}")

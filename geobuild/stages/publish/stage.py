@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -165,9 +165,6 @@ class PublishStage(Stage):
 
     cfg: PublishConfig
     name: ClassVar[str] = "publish"
-
-    def config(self) -> dict[str, Any]:
-        return asdict(self.cfg)
 
     def units(self, run: RunFolder) -> list[str]:
         return [DATASET_REPO, IMAGES_REPO] if self.cfg.images else [DATASET_REPO]

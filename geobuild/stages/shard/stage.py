@@ -165,9 +165,6 @@ class ShardStage(Stage):
         return executor.map_units(self, run, todo)
 
     # -- plan -----------------------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
-        return asdict(self.cfg)
-
     def plan_path(self, run: RunFolder) -> Path:
         return run.path("work", "shard", "plan.arrow")
 
