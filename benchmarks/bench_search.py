@@ -6,14 +6,14 @@ For each gallery size, in one process and on the same synthetic data (clustered,
 L2-normalised vectors, like image embeddings):
 
 - baseline: one numpy matmul of all queries against the gallery + argpartition/argsort top-10;
-- ``geobuild.gallery``: the index stage's flat index built through ``IndexStage`` and searched
+- ``geobuild.artifacts.gallery``: the index stage's flat index built through ``IndexStage`` and searched
   with ``load_gallery(..., device=--device).search`` (faiss CPU by default; the backend used is
   reported as ``gallery_backend``);
-- ``geobuild.knn.topk_numpy``: the chunked exact numpy path (bounded memory);
+- ``geobuild.retrieval.knn.topk_numpy``: the chunked exact numpy path (bounded memory);
 - IVF-PQ (with SQ8 re-ranking) and HNSW built through the stage: recall@10 against exact search,
   queries/s, build seconds;
 - when a GPU is present (whatever ``--device``): the same flat gallery searched with torch on
-  CUDA (``geobuild.knn.TorchGallery``) and, with a faiss GPU build, with faiss-GPU (flat and
+  CUDA (``geobuild.retrieval.knn.TorchGallery``) and, with a faiss GPU build, with faiss-GPU (flat and
   IVF-PQ), each with its queries/s, ratio to the baseline and recall@10 against it.
 
 Speed is reported as queries/s and as a ratio to the baseline; memory as peak RSS.

@@ -2,7 +2,7 @@
 
 1. Photos: a WebDataset tar of the IM2GPS3K sample photos (synthetic photos when the sample is
    absent). :class:`geobuild.ranker.vlm_data.PhotoStore` reads and decodes 64 random keys by seeking;
-   the baseline streams the tar with ``geobuild.shards.iter_shard`` until it has seen those keys and
+   the baseline streams the tar with ``geobuild.artifacts.shards.iter_shard`` until it has seen those keys and
    decodes them. Reported: seconds and the ratio baseline / PhotoStore.
 2. Training step of the tiny random Qwen2-VL (``geobuild.ranker.tiny_vlm``; CPU, float32) on a
    batch of 2 groups x 8 candidates made of real photos (half the candidates with their own photo),

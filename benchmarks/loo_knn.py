@@ -3,7 +3,7 @@
 Each photo is located at the GPS of its most similar other photo (cosine similarity of the
 L2-normalised embeddings), never one by the same author; the error is the haversine distance.
 The baseline picks a random allowed neighbour instead (mean over seeds). Accuracy counts an
-error strictly below 1 / 25 / 200 / 750 / 2500 km (``geobuild.geo.accuracy_at``).
+error strictly below 1 / 25 / 200 / 750 / 2500 km (``geobuild.geo.sphere.accuracy_at``).
 
     python -m benchmarks.loo_knn --run RUN [--seeds 5] [--out benchmarks/results/embed.md]
 """

@@ -12,7 +12,7 @@ reads them: entry 0 (the query's own hit) is skipped and entries ``1..group_size
 group; photos are looked up by the key of each image id, and distances are haversine km.
 
 Rows that cannot form a group are skipped and counted by reason (``Groups.skipped``); a missing
-required column is a :class:`~geobuild.errors.GeobuildError`.
+required column is a :class:`~geobuild.core.errors.GeobuildError`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Driving the shard stage over a streamed tar (see :mod:`geobuild.stages.shard` for the design).
+"""Driving the shard stage over a streamed tar (see :mod:`geobuild.stages.shard.stage` for the design).
 
 The tar is read once, front to back; units are committed one after the other with the shared
 :func:`geobuild.core.commit.execute_unit` (ledger, then stats, then the completion marker).
