@@ -300,3 +300,52 @@ def test_group_layout_and_too_few_candidates():
     })
     conv = candidates_to_georanking(tbl, opts)
     assert conv.table.num_rows == 0 and conv.dropped[0]["status"] == "too_few_candidates"
+
+
+@pytest.mark.slow
+def test_real_sample_bundles(shared, tmp_path, monkeypatch):
+    """A slice of the real IM2GPS3K sample: shard, embed, index, mine with the defaults, export both bundles."""
+    import shutil
+
+    import pandas as pd
+
+    import geobuild.encoders.location as le
+    from geobuild.core.runfolder import RunFolder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = shared / "data" / "im2gps3k"
+    csv = tmp_path / "slice.csv"
+    pd.read_csv(data / "im2gps3k_places365.csv").head(160).to_csv(csv, index=False)
+    pd.read_csv(le.geoclip_gallery_csv()).iloc[::20].to_csv(tmp_path / "gps.csv", index=False)
+    run = tmp_path / "run"
+
+    def cli(*args):
+        env = dict(os.environ, GEOBUILD_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+        res = subprocess.run([sys.executable, "-m", "geobuild", *args], env=env, capture_output=True, text=True, cwd=REPO)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    cli("shard", "--out", str(run), "--format", "im2gps3k", "--images", str(data / "im2gps3ktest.zip"), "--metadata", str(csv), "-n", "80")
+    cli("embed", "--run", str(run), "--model", "efficientnet-lite0")
+    cli("index", "--run", str(run), "--gps-gallery", str(tmp_path / "gps.csv"))
+    gallery = tmp_path / "gallery"
+    shutil.copytree(run, gallery)
+    queries = tmp_path / "queries"
+    shutil.copytree(run, queries)
+    cli("mine", "--run", str(run))
+    cli("export", "georanker", "--run", str(run), "--out", str(tmp_path / "train"))
+    rows = check_train_bundle(tmp_path / "train", RunFolder(run))
+    left = pq.read_table(tmp_path / "train" / "ledger.parquet").num_rows
+    mined = sum(pq.read_metadata(p).num_rows for p in (run / "candidates").glob("*.parquet"))
+    assert rows > 100 and rows + left == mined
+    cli("mine", "--run", str(queries), "--gallery", str(gallery))
+    cli("export", "georanker", "--run", str(queries), "--out", str(tmp_path / "eval"))
+    df = pd.read_csv(tmp_path / "eval" / "eval.csv")
+    gal = pd.read_csv(tmp_path / "eval" / "gallery.csv", keep_default_na=False)
+    I = np.load(tmp_path / "eval" / "I.npy")
+    idx = pickle.loads((tmp_path / "eval" / "tar_index.pkl").read_bytes())
+    assert len(df) > 100 and I.shape == (len(df), 20)
+    for r, irow in zip(df.to_dict("records"), I):
+        img = eval(r["candidate_img_lis"])
+        assert gal.iloc[irow]["IMG_ID"].tolist() == img and all(i in idx for i in img)
+        assert len(eval(r["candidate_gps_lis"])) == 20 and all(len(t) == 6 for t in eval(r["candidate_text_lis"]))
+        assert (tmp_path / "eval" / "queries" / r["IMG_ID"]).is_file()
