@@ -85,18 +85,13 @@ def _shard_tars(rf: RunFolder) -> list[Path]:
     return sorted(p for p in d.glob("*.tar")) if d.is_dir() else []
 
 
-def _stage_photos(runs: list[RunFolder], wanted: dict[str, str], staging: Path) -> dict[str, int]:
-    """Stream the runs' shards once; write the jpg bytes of every wanted key (key -> ``_`` id) to
-    ``staging/<_ id>``. Returns ``_`` id -> byte size of the photos found."""
+def _stage_photos(wanted_by_run: list[tuple[RunFolder, dict[str, str]]], staging: Path) -> dict[str, int]:
+    """Stream each run's shards once; write the jpg bytes of every key wanted from that run (key ->
+    ``_`` id) to ``staging/<_ id>``. Returns ``_`` id -> byte size of the photos found."""
     staging.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
-    seen: set[Path] = set()
-    for r in runs:
-        tars = _shard_tars(r)
-        for t in tars:
-            if t.resolve() in seen:
-                continue
-            seen.add(t.resolve())
+    for r, wanted in wanted_by_run:
+        for t in _shard_tars(r):
             try:
                 for sample in iter_shard(t):
                     gid = wanted.get(sample["__key__"])
@@ -273,15 +268,16 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
 def _photos(rf: RunFolder, grun: RunFolder, rows: list[dict], n: int, tmp: Path, tar_index, with_queries: bool):
     """Stage the photos of every row's query (when ``with_queries`` or no --images-tar) and its first
     ``n`` image candidates; sizes of those found."""
-    wanted: dict[str, str] = {}
-    for r in rows:
-        wanted[r["key"]] = gr_id(r["id"])
-        if tar_index is None:
+    queries = {r["key"]: gr_id(r["id"]) for r in rows}
+    cands: dict[str, str] = {}
+    if tar_index is None:
+        for r in rows:
             for i in _image_entries(r)[:n]:
                 if r["cand_key"][i]:
-                    wanted[r["cand_key"][i]] = gr_id(r["cand_id"][i])
-    runs = [rf] if grun.root.resolve() == rf.root.resolve() else [rf, grun]
-    return _stage_photos(runs, wanted, tmp / "_staging")
+                    cands[r["cand_key"][i]] = gr_id(r["cand_id"][i])
+    if grun.root.resolve() == rf.root.resolve():
+        return _stage_photos([(rf, {**queries, **cands})], tmp / "_staging")
+    return _stage_photos([(rf, queries), (grun, cands)], tmp / "_staging")
 
 
 def _check_photo(gid: str, sizes: dict[str, int], tar_index) -> str | None:
