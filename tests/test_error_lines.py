@@ -55,7 +55,7 @@ def test_export_out_is_an_existing_file(mined, tmp_path):
     out = tmp_path / "taken.txt"
     out.write_text("not a folder")
     line = error_line("export", "georanker", "--run", str(mined.root), "--out", str(out))
-    assert str(out) in line and ".parquet" in line
+    assert str(out) in line and "pass a folder" in line
     assert out.read_text() == "not a folder"
 
 

@@ -39,7 +39,8 @@ def test_mine_real_sample_slice(shared, tmp_path):
          "--metadata", str(csv), "-n", "100")
     _cli("embed", "--run", str(run), "--model", "efficientnet-lite0")
     _cli("index", "--run", str(run), "--gps-gallery", str(tmp_path / "gps.csv"))
-    _cli("mine", "--run", str(run), "--exclude-same-author")
+    # band points asked for explicitly (the default is none: they leak the true location)
+    _cli("mine", "--run", str(run), "--exclude-same-author", "--k-image", "10", "--negatives", "near=2,regional=2,far=2")
     rf = RunFolder(run)
     units = rf.done_units("mine")
     assert len(units) == 4
@@ -62,7 +63,9 @@ def test_mine_real_sample_slice(shared, tmp_path):
     assert rec["all"]["acc@2500km"] >= 0.98  # near/regional band negatives are within 750 km
     assert (df["texts"].map(len) > 0).mean() > 0.95  # photos on land or near a GeoNames place
     assert rec["image"]["acc@2500km"] > rec["top1_image"]["acc@2500km"]
-    _cli("export", "georanker", "--run", str(run), "--out", str(tmp_path / "gr.parquet"))
-    gr = pd.read_parquet(tmp_path / "gr.parquet")
-    assert len(gr) == len(df) and all(len(x) >= 13 for x in gr["ref_gps"])
+    _cli("export", "georanker", "--run", str(run), "--out", str(tmp_path / "gr"), "--candidates", "10")
+    gr = pd.read_parquet(tmp_path / "gr" / "GeoRanking.parquet")
+    n_left = len(pd.read_parquet(tmp_path / "gr" / "ledger.parquet"))
+    assert len(gr) + n_left == len(df) and all(len(x) == 11 for x in gr["ref_gps"])
     assert np.all([row[0] == i for row, i in zip(gr["ref_img_id"], gr["img_id"])])
+    assert not any(i.startswith("gps:") for row in gr["ref_img_id"] for i in row)  # photos only, never band/GPS points

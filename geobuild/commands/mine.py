@@ -43,7 +43,7 @@ def register(app: typer.Typer) -> None:
         gallery: Optional[str] = typer.Option(None, "--gallery", help="Mine against this run's index instead of RUN's own (same model)."),
         k_image: int = typer.Option(D.k_image, "--k-image", min=0, help="Image candidates per query (top-K gallery neighbours)."),
         k_gps: int = typer.Option(D.k_gps, "--k-gps", min=0, help="GPS-gallery candidates per query (0: none)."),
-        negatives: str = typer.Option(D.negatives, "--negatives", help="Distance-band negatives per query, e.g. near=2,regional=2,far=2 ('none' for none)."),
+        negatives: str = typer.Option(D.negatives, "--negatives", help="Distance-band points drawn around the true location (training-only, leak the answer), e.g. near=2,regional=2,far=2; default none."),
         band_edges: str = typer.Option(",".join(f"{e:g}" for e in D.band_edges_km), "--band-edges", help="km limits near|regional and regional|far."),
         negatives_from: str = typer.Option(D.negatives_from, "--negatives-from", help="Pool of negatives: gallery, gps or both."),
         negative_pool: int = typer.Option(D.negative_pool, "--negative-pool", min=1, help="At most this many gallery photos in the negative pool (seeded sample)."),

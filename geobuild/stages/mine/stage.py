@@ -7,7 +7,8 @@ Per query (a row of ``embeddings/<unit>``):
 2. GPS candidates: the top-K GPS-gallery points by kernel density of the neighbours' locations
    (``kde``, any encoder) or by GeoCLIP's image head (``geoclip``, CLIP ViT-L/14 only), see
    :mod:`geobuild.gps_candidates`;
-3. distance-band negatives (near / regional / far), see :mod:`geobuild.negatives`;
+3. optionally (``negatives``, default none) distance-band points drawn around the true location
+   (training-only, leak the answer), see :mod:`geobuild.stages.mine.bands`;
 4. location text for every candidate (the gallery's own columns when it has them, else offline
    reverse geocoding, :mod:`geobuild.geocode`), the haversine km to the query and the
    within-1/25/200/750/2500-km flags.
@@ -51,9 +52,10 @@ class MineConfig:
     """Options of ``geobuild mine`` (the ``mine`` section of config.yaml)."""
 
     gallery: str | None = None  # another run folder whose index is the gallery (None: this run)
-    k_image: int = 10
+    k_image: int = 20  # GeoRanker needs >= group_size 7 + 5 = 12 and its eval reads 20
     k_gps: int = 10
-    negatives: str = "near=2,regional=2,far=2"
+    # distance-band points drawn around the TRUE location (training-only, leak the answer): off unless asked for
+    negatives: str = "none"
     band_edges_km: tuple[float, float] = (25.0, 750.0)
     negatives_from: str = "both"  # gallery | gps | both
     negative_pool: int = 1_000_000  # at most this many gallery photos in the negative pool (seeded)

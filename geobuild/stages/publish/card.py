@@ -135,7 +135,8 @@ def dataset_card(
     out.append(
         "Training data for distance-aware ranking in worldwide image geolocalization, in the layout of "
         "GeoRanking (the dataset GeoRanker trains on): for each query photo, a group of candidate locations "
-        "(image neighbours retrieved from a gallery, GPS-gallery points and distance-band negatives) with their "
+        "(image neighbours retrieved from a gallery, GPS-gallery points and, only when mined with --negatives, "
+        "distance-band points drawn around the true location (training-only, leak the answer)) with their "
         "coordinates, location text and great-circle distances. The photos are in the companion repository whose "
         "name ends in `-images` (WebDataset tars, keyed by `key`).\n"
     )
