@@ -26,6 +26,13 @@ def candidate_units(run: RunFolder) -> list[str]:
     return sorted(p.stem for p in d.glob("*.parquet") if TMP_MARK not in p.name) if d.is_dir() else []
 
 
+def recorded_gallery(run: RunFolder) -> str | None:
+    """The gallery run the candidates were mined against (``mine.gallery`` in config.yaml), or None
+    when the run was mined against its own index."""
+    g = (run.read_config().get("mine") or {}).get("gallery")
+    return g if isinstance(g, str) and g else None
+
+
 def redo_hint(run: RunFolder, unit: str) -> str:
     return f"redo it: remove {run.marker_path('mine', unit)} and run geobuild mine --run {run.root} --shards {unit}"
 

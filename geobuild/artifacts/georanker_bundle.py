@@ -30,9 +30,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..core.errors import GeobuildError
+from ..core.ledger import write_ledger
 from ..core.runfolder import RunFolder
+from ..core.schemas import table
+from ..core.shardspec import select_units
+from ..geo.geocode import reverse_geocode
+from .candidates import read_candidates, recorded_gallery
+from .gallery import IDS_FILE, index_path
 from .shards import FIXED_MTIME, iter_shard
 
 MIN_TAR_BYTES = 5120  # G3 indexes only members larger than this
@@ -68,7 +77,7 @@ class BundleResult:
 # -- run inspection -----------------------------------------------------------------------------
 def mined_gallery(rf: RunFolder) -> RunFolder:
     """The run whose gallery ``rf`` was mined against (``rf`` itself when mined without --gallery)."""
-    g = (rf.read_config().get("mine") or {}).get("gallery")
+    g = recorded_gallery(rf)
     return RunFolder(g) if g else rf
 
 
@@ -142,11 +151,17 @@ def _write_tar(path: Path, staging: Path, ids: list[str]) -> dict[str, tarfile.T
     return index
 
 
-def _read_all_candidates(rf: RunFolder, shards: str | None):
-    from ..core.shardspec import select_units
-    from .candidates import read_candidates
-    import pyarrow as pa
+def _write_photos(tmp: Path, used: set[str], tar_index: dict[str, tarfile.TarInfo] | None) -> None:
+    """``images.tar`` of the staged photos (or the given tar's index) and ``tar_index.pkl`` for ``used``."""
+    if tar_index is None:
+        index = _write_tar(tmp / "images.tar", tmp / "_staging", sorted(used))
+    else:
+        index = {k: tar_index[k] for k in sorted(used)}
+    with open(tmp / "tar_index.pkl", "wb") as f:
+        pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
 
+
+def _read_all_candidates(rf: RunFolder, shards: str | None):
     have = rf.done_units("mine")
     if not have:
         raise GeobuildError(f"no mined shards in {rf.root}; run: geobuild mine --run {rf.root}")
@@ -162,10 +177,6 @@ def _s(v: Any) -> str:
 
 def _gallery_text(grun: RunFolder) -> dict[str, dict[str, Any]]:
     """gallery key -> its row of index/ids.parquet (author and the MP16-Pro text columns)."""
-    import pyarrow.parquet as pq
-
-    from .gallery import IDS_FILE, index_path
-
     p = index_path(grun, IDS_FILE)
     if not p.exists():
         return {}
@@ -177,8 +188,6 @@ def _gallery_text(grun: RunFolder) -> dict[str, dict[str, Any]]:
 def _query_texts(rows: list[dict], gmeta: dict[str, dict]) -> list[list[str]]:
     """[city, state, country] of every query ('' where unknown): its gallery row's own text, else
     offline reverse geocoding (as mine does)."""
-    from ..geo.geocode import reverse_geocode
-
     out: list[list[str] | None] = []
     need = []
     for i, r in enumerate(rows):
@@ -247,8 +256,6 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
     tmp = _prepare_out(out)
     try:
         res = (_train if mode == "train" else _eval)(rf, grun, rows, opts, tmp, tar_index)
-        from ..core.ledger import write_ledger
-
         write_ledger(tmp / "ledger.parquet", res.left_out)
         (tmp / MANIFEST).write_text(json.dumps({
             "mode": mode, "run": str(rf.root), "gallery": str(grun.root), "candidates": opts.candidates,
@@ -265,9 +272,9 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
     return res
 
 
-def _photos(rf: RunFolder, grun: RunFolder, rows: list[dict], n: int, tmp: Path, tar_index, with_queries: bool):
-    """Stage the photos of every row's query (when ``with_queries`` or no --images-tar) and its first
-    ``n`` image candidates; sizes of those found."""
+def _photos(rf: RunFolder, grun: RunFolder, rows: list[dict], n: int, tmp: Path, tar_index):
+    """Stage the photos of every row's query and (without --images-tar) of its first ``n`` image
+    candidates; sizes of those found."""
     queries = {r["key"]: gr_id(r["id"]) for r in rows}
     cands: dict[str, str] = {}
     if tar_index is None:
@@ -292,12 +299,8 @@ def _check_photo(gid: str, sizes: dict[str, int], tar_index) -> str | None:
 
 
 def _train(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
-    import pyarrow.parquet as pq
-
-    from ..core.schemas import table
-
     n = opts.candidates
-    sizes = _photos(rf, grun, rows, n, tmp, tar_index, with_queries=True) if tar_index is None else {}
+    sizes = _photos(rf, grun, rows, n, tmp, tar_index) if tar_index is None else {}
     left: list[dict] = []
     kept: list[tuple[dict, list[int]]] = []
     for r in rows:
@@ -326,20 +329,13 @@ def _train(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleR
         out["ref_img_id"].append(ids)
         out["ref_texts"].append([qt] + [[_s(r["cand_city"][i]), _s(r["cand_state"][i]), _s(r["cand_country"][i])] for i in img])
     pq.write_table(table("georanking", out), tmp / TRAIN_TABLE)
-    if tar_index is None:
-        index = _write_tar(tmp / "images.tar", tmp / "_staging", sorted(used))
-    else:
-        index = {k: tar_index[k] for k in sorted(used)}
-    with open(tmp / "tar_index.pkl", "wb") as f:
-        pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_photos(tmp, used, tar_index)
     return BundleResult("train", tmp, len(kept), left)
 
 
 def _eval(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
-    import pandas as pd
-
     n = opts.candidates
-    sizes = _photos(rf, grun, rows, n, tmp, tar_index, with_queries=True)
+    sizes = _photos(rf, grun, rows, n, tmp, tar_index)
     gmeta = _gallery_text(grun)
     left: list[dict] = []
     recs: list[dict] = []
@@ -393,10 +389,5 @@ def _eval(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleRe
     pd.DataFrame(recs, columns=cols).to_csv(tmp / f"{opts.name}.csv", index=False)
     pd.DataFrame(gallery_recs, columns=GALLERY_COLUMNS).to_csv(tmp / "gallery.csv", index=False)
     np.save(tmp / "I.npy", np.asarray(I, dtype=np.int64).reshape(len(I), n))
-    if tar_index is None:
-        index = _write_tar(tmp / "images.tar", tmp / "_staging", sorted(used))
-    else:
-        index = {k: tar_index[k] for k in sorted(used)}
-    with open(tmp / "tar_index.pkl", "wb") as f:
-        pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
+    _write_photos(tmp, used, tar_index)
     return BundleResult("eval", tmp, len(recs), left)

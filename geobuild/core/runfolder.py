@@ -96,7 +96,7 @@ class RunFolder:
         reset = old is not None and old != new
         if reset:
             if not overwrite:
-                changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if isinstance(old, dict) and isinstance(new, dict) else []
+                changed = changed_keys(old, new)
                 raise GeobuildError(
                     f"run {self.root} already has a different '{section}' configuration"
                     + (f" (changed: {', '.join(changed)})" if changed else "")
@@ -132,6 +132,13 @@ class RunFolder:
             with open(tmp, "w") as f:
                 json.dump(obj, f, indent=2, sort_keys=True, default=str)
                 f.write("\n")
+
+
+def changed_keys(old: Any, new: Any) -> list[str]:
+    """The keys whose values differ between two recorded configurations (none for non-mappings)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return []
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
 def plain(obj: Any) -> Any:

@@ -40,20 +40,20 @@ def run_stage(
     overwrite: bool = False,
     record_config: bool = True,
     raise_on_failure: bool = True,
-    preflight: bool = True,
+    checked: bool = False,
 ) -> StageSummary:
     """Run ``stage`` over ``units`` (default: all), skipping finished ones.
 
-    The order is the same for every caller: ``preflight`` (unless the caller did it already) ->
-    ``check_inputs`` -> record the configuration (a changed
+    The order is the same for every caller: ``preflight`` -> ``check_inputs`` (both skipped when
+    the caller ran them: ``checked``) -> record the configuration (a changed
     one is refused unless ``overwrite``; a reset calls ``on_reset``) -> ``prepare`` -> the units
     not done -> ``finalize`` -> ``after``.
     """
     executor = executor or LocalExecutor(workers=1)
     t0 = time.time()
-    if preflight:
+    if not checked:
         stage.preflight(run, overwrite=overwrite)
-    stage.check_inputs(run, overwrite=overwrite)
+        stage.check_inputs(run, overwrite=overwrite)
     if record_config and run.check_config(stage.name, stage.config(), overwrite=overwrite):
         stage.on_reset(run)
     stage.prepare(run)

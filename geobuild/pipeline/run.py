@@ -10,7 +10,7 @@ import yaml
 
 from ..core.errors import GeobuildError
 from ..core.log import get_logger
-from ..core.runfolder import RunFolder, atomic_path, plain, remove_stale_temps
+from ..core.runfolder import RunFolder, atomic_path, changed_keys, plain, remove_stale_temps
 from ..core.runner import run_stage
 from .report import PipelineResult, StageReport, fill_report
 from .spec import Pipeline, StageSpec, redact
@@ -29,7 +29,7 @@ def check_configs(run: RunFolder, pipeline: Pipeline, stages: list[tuple[StageSp
         old = recorded.get(spec.name)
         new = plain(redact(plain(stage.config())))
         if old is not None and old != new:
-            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) if isinstance(old, dict) and isinstance(new, dict) else []
+            keys = changed_keys(old, new)
             changed.append(f"{spec.name}" + (f" ({', '.join(keys)})" if keys else ""))
     if not changed:
         return
@@ -90,13 +90,14 @@ def run_pipeline(
         for spec, stage in built:
             stage.preflight(run, overwrite=overwrite)
         for (spec, stage), rep in zip(built, reports):
+            stage.check_inputs(run, overwrite=overwrite)  # a missing input is its own error, not a failed unit
             run.check_config(spec.name, redact(plain(stage.config())), overwrite=True)
             log.info("stage %s", spec.name)
             rep.status = "running"
             t1 = time.time()
             before = set(run.done_units(spec.name))
             try:
-                s = run_stage(stage, run, executor, record_config=False, raise_on_failure=False, preflight=False)
+                s = run_stage(stage, run, executor, record_config=False, raise_on_failure=False, checked=True)
                 rep.done, rep.skipped, rep.failed = len(s.done), len(s.skipped), len(s.failed)
                 rep.failures = dict(s.failed)
             except GeobuildError as exc:

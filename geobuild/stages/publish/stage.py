@@ -27,7 +27,7 @@ from .layout import DATASET_REPO, IMAGES_REPO
 from .splits import SPLITS, split_of
 from ...core.runfolder import RunFolder, atomic_path
 from ...core.stage import Stage, StageSummary, UnitResult
-from ...artifacts.candidates import candidate_units
+from ...artifacts.candidates import candidate_units, recorded_gallery
 from ...artifacts.georanking import candidates_to_georanking
 from . import card, plots
 from .hub import Uploader, UploadSettings, hub_token
@@ -305,16 +305,9 @@ def _distance_descriptions() -> dict[str, str]:
 
 
 def _gallery_from_config(run: RunFolder) -> str | None:
-    """A gallery run recorded by the mine or index stage in config.yaml, if any."""
-    conf = run.read_config()
-    for section in ("mine", "index"):
-        sec = conf.get(section) or {}
-        if isinstance(sec, dict):
-            for key in ("gallery_run", "gallery"):
-                v = sec.get(key)
-                if isinstance(v, str) and Path(v).is_dir() and (Path(v) / "shards").is_dir():
-                    return v
-    return None
+    """The gallery run recorded by the mine stage, if it is there with its shards."""
+    g = recorded_gallery(run)
+    return g if g and Path(g).is_dir() and (Path(g) / "shards").is_dir() else None
 
 
 @dataclass
