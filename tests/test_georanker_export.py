@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from _mine_fixtures import base_run_copy
 from geobuild.cli import app
-from geobuild.artifacts.georanking import GeorankerOptions, candidates_to_georanking, entry_order
+from geobuild.artifacts.georanking import GeorankerOptions, georanking_rows
 from geobuild.artifacts.shards import ShardWriter, json_bytes
 
 runner = CliRunner()
@@ -282,24 +282,25 @@ def test_eval_bundle_satisfies_georanker_reads(eval_bundle):
     assert check_train_bundle(tb, q, g) == 48
 
 
-def test_group_layout_and_too_few_candidates():
-    """The publish stage's GeoRanking layout (artifacts.georanking), unchanged by the bundle export."""
-    opts = GeorankerOptions()
-    src = ["image"] * 4 + ["gps"] * 4 + ["negative"] * 4
-    rank = [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]
-    band = [None] * 8 + ["near", "regional", "far", "far"]
-    order = entry_order(src, rank, band, opts)
-    assert order[:5] == [0, 4, 1, 5, 2]
-    assert [band[i] for i in order[5:7]] == ["near", "far"]
-    assert sorted(order) == list(range(12))
-    assert entry_order(src[:11], rank[:11], band[:11], opts) is None
-    tbl = pa.table({
-        "key": ["a"], "id": ["a.jpg"], "lat": [1.0], "lon": [2.0], "texts": [["X"]],
-        "cand_source": [src[:6]], "cand_rank": [rank[:6]], "cand_band": [band[:6]], "cand_id": [[str(i) for i in range(6)]],
-        "cand_lat": [[0.0] * 6], "cand_lon": [[0.0] * 6], "cand_texts": [[["t"]] * 6],
-    })
-    conv = candidates_to_georanking(tbl, opts)
+def test_georanking_rows_are_image_candidates_in_retrieval_order():
+    """The rows of GeoRanking.parquet and of the published georanker config (artifacts.georanking):
+    entry 0 the query, then its image candidates by rank; GPS and band points never appear."""
+    src = ["gps", "image", "negative", "image", "gps", "image"]
+    rank = [0, 2, 0, 0, 1, 1]
+    row = {"key": "a", "id": "45/77/1.jpg", "shard": "00000", "lat": 1.0, "lon": 2.0, "cand_source": src, "cand_rank": rank,
+           "cand_id": ["gps:1", "c/2.jpg", "gps:9", "c/0.jpg", "gps:2", "c/1.jpg"],
+           "cand_lat": [9.0, 12.0, 1.0, 10.0, 9.5, 11.0], "cand_lon": [0.0] * 6,
+           "cand_city": ["", "C2", "", "C0", "", None], "cand_state": [""] * 6, "cand_country": ["", "X", "", "X", "", "X"]}
+    conv = georanking_rows([row], [["Q", "", "X"]], GeorankerOptions(candidates=3))
+    (out,) = conv.table.to_pylist()
+    assert out["img_id"] == "45_77_1.jpg" and out["gps"] == [1.0, 2.0]
+    assert out["ref_img_id"] == ["45_77_1.jpg", "c_0.jpg", "c_1.jpg", "c_2.jpg"]
+    assert out["ref_gps"] == [[1.0, 2.0], [10.0, 0.0], [11.0, 0.0], [12.0, 0.0]]
+    assert out["ref_texts"] == [["Q", "", "X"], ["C0", "", "X"], ["", "", "X"], ["C2", "", "X"]]
+    conv = georanking_rows([row], [["", "", ""]], GeorankerOptions(candidates=4))
     assert conv.table.num_rows == 0 and conv.dropped[0]["status"] == "too_few_candidates"
+    refused = georanking_rows([row], [["", "", ""]], GeorankerOptions(candidates=3), accept=lambda ids: ("photo_missing", ids[1]))
+    assert refused.table.num_rows == 0 and refused.dropped[0]["status"] == "photo_missing"
 
 
 @pytest.mark.slow

@@ -51,9 +51,9 @@ def load(path: Path, name: str | None, cache: Path, **kw):
 def staged(tmp_path_factory):
     """One run published to a folder (shared by the read-only tests below)."""
     tmp = tmp_path_factory.mktemp("pub")
-    run = make_run(tmp / "run")
+    run = make_run(tmp / "run", k_image=12)
     proc = publish(tmp, "--run", str(run.root), "--to", str(tmp / "out"), "--rows-per-file", "7",
-                   "--validation-fraction", "0.3", "--images-per-tar", "8", HF_HUB_OFFLINE="1")
+                   "--validation-fraction", "0.3", "--images-per-tar", "8", "--georanker-candidates", "12", HF_HUB_OFFLINE="1")
     assert proc.returncode == 0, proc.stderr
     return tmp, run, tmp / "out"
 
@@ -110,13 +110,19 @@ def test_georanker_config_satisfies_georanker_reads(staged, monkeypatch):
         assert set(dd) == {"train", "validation"}
         for split in dd:
             assert dd[split].column_names == ["img_id", "gps", "ref_gps", "ref_img_id", "ref_texts"]
-            # every query has 12 candidates (8 image, 3 GPS, 1 negative): none is left out of this config
+            # every query has 16 candidates (12 image, 3 GPS, 1 band point) and rows take the 12 image ones:
+            # none is left out of this config
             assert dd[split].num_rows == cand[split].num_rows == manifest["rows"]["georanker"][split]
             queries = {r["id"]: (r["lat"], r["lon"]) for r in cand[split]}
+            cand_rows = {r["id"]: r for r in cand[split]}
             assert sorted(dd[split]["img_id"]) == sorted(queries)
             for row in dd[split]:
                 check_georanker_row(row, query=queries[row["img_id"]])
                 assert len(row["ref_gps"]) == 13  # entry 0 + 12 candidates
+                q = cand_rows[row["img_id"]]
+                image = sorted((r, i) for i, (s, r) in enumerate(zip(q["cand_source"], q["cand_rank"])) if s == "image")
+                assert row["ref_img_id"][1:] == [q["cand_id"][i] for _, i in image]  # image candidates by rank only
+                assert row["ref_gps"][1:] == [[q["cand_lat"][i], q["cand_lon"][i]] for _, i in image]
 
 
 def test_card_plots_and_provenance(staged):
@@ -128,10 +134,10 @@ def test_card_plots_and_provenance(staged):
     assert feats["matrix_km"] == {"name": "matrix_km", "list": {"list": "float32"}}
     assert feats["cand_key"] == {"name": "cand_key", "list": "string"} and feats["author"]["dtype"] == "string"
     assert "@inproceedings{jia2025georanker" in text and "geobuild 0.1.0" in text
-    assert "k_image: 8" in text  # the run's resolved config
+    assert "k_image: 12" in text  # the run's resolved config
     rows = json.loads((out / "dataset" / "manifest.json").read_text())["rows"]["candidates"]
     assert (rows["train"], rows["validation"]) == (14, 9)  # 23 of the 24 queries, split by author
-    per_query = {"queries": 1, "candidates": 12, "image candidates": 8, "gps candidates": 3, "negative candidates": 1}
+    per_query = {"queries": 1, "candidates": 16, "image candidates": 12, "gps candidates": 3, "negative candidates": 1}
     for what, k in per_query.items():
         assert f"| {what} | {k * rows['train']} | {k * rows['validation']} |" in text, what
     assert "| shard | decode_error | 1 |" in text and "| publish | no_distances | 1 |" in text
@@ -196,13 +202,13 @@ def test_rerun_skips_and_restage_is_identical(staged):
     tmp, run, out = staged
     before = json.loads((out / "dataset" / "manifest.json").read_text())
     proc = publish(tmp, "--run", str(run.root), "--to", str(out), "--rows-per-file", "7", "--validation-fraction", "0.3",
-                   "--images-per-tar", "8", HF_HUB_OFFLINE="1")
+                   "--images-per-tar", "8", "--georanker-candidates", "12", HF_HUB_OFFLINE="1")
     assert proc.returncode == 0 and "0 units done, 2 skipped" in proc.stderr
     changed = publish(tmp, "--run", str(run.root), "--to", str(out), "--validation-fraction", "0.5", HF_HUB_OFFLINE="1")
     assert changed.returncode == 2 and "different 'publish' configuration" in changed.stderr
     assert "Traceback" not in changed.stderr
     proc = publish(tmp, "--run", str(run.root), "--to", str(out), "--rows-per-file", "7", "--validation-fraction", "0.3",
-                   "--images-per-tar", "8", "--restage", HF_HUB_OFFLINE="1")
+                   "--images-per-tar", "8", "--georanker-candidates", "12", "--restage", HF_HUB_OFFLINE="1")
     assert proc.returncode == 0 and "2 units done" in proc.stderr
     assert json.loads((out / "dataset" / "manifest.json").read_text()) == before
 

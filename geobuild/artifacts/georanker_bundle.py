@@ -37,10 +37,9 @@ import pyarrow.parquet as pq
 from ..core.errors import GeobuildError
 from ..core.ledger import write_ledger
 from ..core.runfolder import RunFolder
-from ..core.schemas import table
 from ..core.shardspec import select_units
-from ..geo.geocode import reverse_geocode
 from .candidates import read_candidates, recorded_gallery
+from .georanking import GeorankerOptions, dropped_row, georanking_rows, gr_id, image_entries, query_texts, text
 from .gallery import IDS_FILE, index_path
 from .shards import FIXED_MTIME, iter_shard
 
@@ -49,11 +48,6 @@ MANIFEST = "bundle.json"
 TRAIN_TABLE = "GeoRanking.parquet"
 TEXT6 = ("neighbourhood", "city", "county", "state", "region", "country")
 GALLERY_COLUMNS = ["IMG_ID", "AUTHOR", "LAT", "LON", "neighbourhood", "city", "county", "state", "region", "country", "continent"]
-
-
-def gr_id(photo_id: str) -> str:
-    """GeoRanker's id form: MP16-Pro ``45/77/3228511372.jpg`` -> ``45_77_3228511372.jpg``."""
-    return str(photo_id).replace("/", "_")
 
 
 @dataclass
@@ -166,13 +160,9 @@ def _read_all_candidates(rf: RunFolder, shards: str | None):
     if not have:
         raise GeobuildError(f"no mined shards in {rf.root}; run: geobuild mine --run {rf.root}")
     units = select_units(have, shards, "mined shards")
-    cols = ["key", "id", "lat", "lon", "cand_source", "cand_rank", "cand_key", "cand_id", "cand_lat", "cand_lon",
+    cols = ["key", "id", "shard", "lat", "lon", "cand_source", "cand_rank", "cand_key", "cand_id", "cand_lat", "cand_lon",
             "cand_city", "cand_county", "cand_state", "cand_country", "cand_continent"]
     return pa.concat_tables([read_candidates(rf, u, columns=cols) for u in units]).to_pylist(), units
-
-
-def _s(v: Any) -> str:
-    return "" if v is None or (isinstance(v, float) and v != v) else str(v)
 
 
 def _gallery_text(grun: RunFolder) -> dict[str, dict[str, Any]]:
@@ -183,36 +173,6 @@ def _gallery_text(grun: RunFolder) -> dict[str, dict[str, Any]]:
     t = pq.read_table(p)
     keep = [c for c in ("key", "author", *TEXT6, "continent") if c in t.column_names]
     return {r["key"]: r for r in t.select(keep).to_pylist()}
-
-
-def _query_texts(rows: list[dict], gmeta: dict[str, dict]) -> list[list[str]]:
-    """[city, state, country] of every query ('' where unknown): its gallery row's own text, else
-    offline reverse geocoding (as mine does)."""
-    out: list[list[str] | None] = []
-    need = []
-    for i, r in enumerate(rows):
-        g = gmeta.get(r["key"])
-        t = [_s(g.get(f)) for f in ("city", "state", "country")] if g else ["", "", ""]
-        if any(t):
-            out.append(t)
-        else:
-            out.append(None)
-            need.append(i)
-    if need:
-        geo = reverse_geocode([rows[i]["lat"] for i in need], [rows[i]["lon"] for i in need])
-        for j, i in enumerate(need):
-            out[i] = [_s(geo[f].iloc[j]) for f in ("city", "state", "country")]
-    return out  # type: ignore[return-value]
-
-
-def _image_entries(row: dict) -> list[int]:
-    """Indices of the row's image candidates, most similar first (mine's rank order)."""
-    idx = [i for i, s in enumerate(row["cand_source"]) if s == "image"]
-    return sorted(idx, key=lambda i: row["cand_rank"][i])
-
-
-def _left(row: dict, status: str, msg: str) -> dict:
-    return {"key": row["key"], "id": row["id"], "status": status, "error_message": msg}
 
 
 # -- the bundle ---------------------------------------------------------------------------------
@@ -279,7 +239,7 @@ def _photos(rf: RunFolder, grun: RunFolder, rows: list[dict], n: int, tmp: Path,
     cands: dict[str, str] = {}
     if tar_index is None:
         for r in rows:
-            for i in _image_entries(r)[:n]:
+            for i in image_entries(r)[:n]:
                 if r["cand_key"][i]:
                     cands[r["cand_key"][i]] = gr_id(r["cand_id"][i])
     if grun.root.resolve() == rf.root.resolve():
@@ -301,36 +261,18 @@ def _check_photo(gid: str, sizes: dict[str, int], tar_index) -> str | None:
 def _train(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
     n = opts.candidates
     sizes = _photos(rf, grun, rows, n, tmp, tar_index) if tar_index is None else {}
-    left: list[dict] = []
-    kept: list[tuple[dict, list[int]]] = []
-    for r in rows:
-        img = _image_entries(r)
-        if len(img) < n:
-            left.append(_left(r, "too_few_candidates", f"{len(img)} image candidates, the bundle needs {n} (--candidates)"))
-            continue
-        img = img[:n]
-        ids = [gr_id(r["id"])] + [gr_id(r["cand_id"][i]) for i in img]
+
+    def accept(ids: list[str]) -> tuple[str, str] | None:
         bad = [(gid, why) for gid in ids if (why := _check_photo(gid, sizes, tar_index))]
-        if bad:
-            gid, why = bad[0]
-            left.append(_left(r, why, f"photo {gid} cannot be opened through tar_index ({why}); {len(bad)} of {len(ids)} entries"))
-            continue
-        kept.append((r, img))
-    qtext = _query_texts([r for r, _ in kept], _gallery_text(rf))
-    out = {"img_id": [], "gps": [], "ref_gps": [], "ref_img_id": [], "ref_texts": []}
-    used: set[str] = set()
-    for (r, img), qt in zip(kept, qtext):
-        q = [float(r["lat"]), float(r["lon"])]
-        ids = [gr_id(r["id"])] + [gr_id(r["cand_id"][i]) for i in img]
-        used.update(ids)
-        out["img_id"].append(ids[0])
-        out["gps"].append(q)
-        out["ref_gps"].append([q] + [[float(r["cand_lat"][i]), float(r["cand_lon"][i])] for i in img])
-        out["ref_img_id"].append(ids)
-        out["ref_texts"].append([qt] + [[_s(r["cand_city"][i]), _s(r["cand_state"][i]), _s(r["cand_country"][i])] for i in img])
-    pq.write_table(table("georanking", out), tmp / TRAIN_TABLE)
-    _write_photos(tmp, used, tar_index)
-    return BundleResult("train", tmp, len(kept), left)
+        if not bad:
+            return None
+        gid, why = bad[0]
+        return why, f"photo {gid} cannot be opened through tar_index ({why}); {len(bad)} of {len(ids)} entries"
+
+    conv = georanking_rows(rows, query_texts(rf, rows), GeorankerOptions(candidates=n), accept)
+    pq.write_table(conv.table, tmp / TRAIN_TABLE)
+    _write_photos(tmp, {i for ids in conv.table.column("ref_img_id").to_pylist() for i in ids}, tar_index)
+    return BundleResult("train", tmp, conv.table.num_rows, conv.dropped)
 
 
 def _eval(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
@@ -346,33 +288,33 @@ def _eval(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleRe
     qdir = tmp / "queries"
     qdir.mkdir()
     for r in rows:
-        img = _image_entries(r)
+        img = image_entries(r)
         if len(img) < n:
-            left.append(_left(r, "too_few_candidates", f"{len(img)} image candidates, the bundle needs {n} (--candidates)"))
+            left.append(dropped_row(r, "too_few_candidates", f"{len(img)} image candidates, the bundle needs {n} (--candidates)"))
             continue
         img = img[:n]
         qid = gr_id(r["id"])
         if qid not in sizes:
-            left.append(_left(r, "photo_missing", f"query photo {qid} not found in the shards of {rf.root}"))
+            left.append(dropped_row(r, "photo_missing", f"query photo {qid} not found in the shards of {rf.root}"))
             continue
         cids = [gr_id(r["cand_id"][i]) for i in img]
         bad = [(gid, why) for gid in cids if (why := _check_photo(gid, sizes, tar_index))]
         if bad:
             gid, why = bad[0]
-            left.append(_left(r, why, f"candidate photo {gid} cannot be opened through tar_index ({why}); {len(bad)} of {n}"))
+            left.append(dropped_row(r, why, f"candidate photo {gid} cannot be opened through tar_index ({why}); {len(bad)} of {n}"))
             continue
         texts, positions = [], []
         for i, gid in zip(img, cids):
             g = gmeta.get(r["cand_key"][i]) or {}
-            t = {f: _s(g.get(f)) for f in TEXT6}
+            t = {f: text(g.get(f)) for f in TEXT6}
             for f in ("city", "county", "state", "country"):  # mine's text (gallery's own or geocoded)
-                t[f] = t[f] or _s(r[f"cand_{f}"][i])
+                t[f] = t[f] or text(r[f"cand_{f}"][i])
             texts.append([t[f] for f in TEXT6])
             if gid not in gallery_rows:
                 gallery_rows[gid] = len(gallery_recs)
-                gallery_recs.append({"IMG_ID": gid, "AUTHOR": _s(g.get("author")), "LAT": float(r["cand_lat"][i]),
+                gallery_recs.append({"IMG_ID": gid, "AUTHOR": text(g.get("author")), "LAT": float(r["cand_lat"][i]),
                                      "LON": float(r["cand_lon"][i]), **t,
-                                     "continent": _s(g.get("continent")) or _s(r["cand_continent"][i])})
+                                     "continent": text(g.get("continent")) or text(r["cand_continent"][i])})
             positions.append(gallery_rows[gid])
         used.update(cids)
         zs = [i for i in sorted((i for i, s in enumerate(r["cand_source"]) if s == "gps"), key=lambda i: r["cand_rank"][i])]

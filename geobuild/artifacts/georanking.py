@@ -1,50 +1,47 @@
-"""Candidates table -> GeoRanking table, the layout GeoRanker's trainer reads.
+"""Candidates -> GeoRanking rows, the layout GeoRanker's trainer reads (docs/formats.md).
 
 GeoRanking columns (schema ``georanking``): ``img_id``, ``gps`` ([lat, lon]), ``ref_gps`` (list of
-[lat, lon]), ``ref_img_id``, ``ref_texts`` (list of lists of strings). The trainer skips entry 0
-(the query's own retrieval hit), ranks entries ``1..group_size`` and shows the last 5 entries as
-"negative examples" text ``"latitude: {lat}, longitude: {lon}, {' '.join(texts)}"``.
+[lat, lon]), ``ref_img_id``, ``ref_texts`` (list of [city, state, country]). The trainer skips entry
+0, opens the photo of every entry ``1..group_size`` through ``tar_index`` and shows the last 5
+entries as "negative examples" text ``"latitude: {lat}, longitude: {lon}, {' '.join(texts)}"``.
 
-Entry layout written here, per query::
+Rows written here, one per query::
 
-    0                      the query itself (its id, GPS and location text)
-    1 .. group_size        the group: image and GPS candidates interleaved by rank
-                           (image 0, gps 0, image 1, gps 1, ...), whose last ``group_negatives``
-                           (default 2) slots hold distance-band negatives taken near, far,
-                           regional, near, ... in turn (``BAND_ORDER``)
-    ...                    the remaining image / GPS candidates, by rank
-    last entries           the remaining band negatives (regional first, with the default mining)
+    0          the query itself (its id, GPS and [city, state, country])
+    1 .. N     its first N IMAGE candidates in retrieval order (most similar first), N = ``candidates``
 
-So with ``group_negatives >= 2`` the group holds a ``near`` (< 25 km by default) and a ``far``
-(>= 750 km) negative whenever the query has negatives in both bands, even when every image
-neighbour is far away; a band the miner found no point for is skipped and the next band takes its
-slot. Negatives without a band come after all banded ones. When there are fewer than
-``group_size - group_negatives`` image/GPS candidates, more negatives fill the group.
-
-Every query written has at least ``group_size + tail`` candidates, i.e. at least
-``1 + group_size + tail`` entries (13 by default), so the last ``tail`` entries never overlap
-entries ``1..group_size``. A query with fewer candidates cannot satisfy those reads and is dropped
-(returned in ``dropped``, status ``too_few_candidates``).
+Only real gallery photos are entries: GPS-gallery points have no photo (the trainer would fail on
+them) and distance-band points are drawn around the true location (they would show the answer).
+So the group and the negative-example tail are both retrieval candidates, as at evaluation time.
+Ids take GeoRanker's form (``id.replace('/', '_')``, as its ``tar_index.pkl`` keys MP16-Pro). A
+query with fewer than N image candidates is left out (status ``too_few_candidates``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 
+from ..core.runfolder import RunFolder
+from ..core.schemas import table
+from ..geo.geocode import reverse_geocode
+from .embeddings import meta_path, read_meta
+
 GROUP_SIZE = 7
 TAIL = 5
+#: image candidates per row by default: GeoRanker reads entries 1..7 and the last 5; its evaluation reads 20
+CANDIDATES = 20
 SCHEMA = "georanking"
-#: the group takes its negatives in this order: a close and a distant location first
-BAND_ORDER = ("near", "far", "regional")
+#: the candidates columns a conversion reads
+READ_COLUMNS = ("key", "id", "shard", "lat", "lon", "cand_source", "cand_rank", "cand_id", "cand_lat", "cand_lon",
+                "cand_city", "cand_state", "cand_country")
 
 
 @dataclass
 class GeorankerOptions:
-    group_size: int = GROUP_SIZE
-    group_negatives: int = 2
-    tail: int = TAIL
+    candidates: int = CANDIDATES  # image candidates per row (entries 1..N)
 
 
 @dataclass
@@ -53,71 +50,87 @@ class Conversion:
     dropped: list[dict] = field(default_factory=list)  # ledger-style rows: key, id, status, error_message
 
 
-def _interleave(a: list[int], b: list[int]) -> list[int]:
-    out = []
-    for i in range(max(len(a), len(b))):
-        if i < len(a):
-            out.append(a[i])
-        if i < len(b):
-            out.append(b[i])
-    return out
+def gr_id(photo_id: str) -> str:
+    """GeoRanker's id form: MP16-Pro ``45/77/3228511372.jpg`` -> ``45_77_3228511372.jpg``."""
+    return str(photo_id).replace("/", "_")
 
 
-def _band_round_robin(neg: list[int], bands: list[str | None]) -> list[int]:
-    """Negatives ordered near, far, regional, near, far, ... (then those of any other band, or none)."""
-    queues = {b: [i for i in neg if bands[i] == b] for b in BAND_ORDER}
-    others = [i for i in neg if bands[i] not in BAND_ORDER]
-    out = []
-    while any(queues.values()):
-        for b in BAND_ORDER:
-            if queues[b]:
-                out.append(queues[b].pop(0))
-    return out + others
+def text(v: Any) -> str:
+    """A text field as GeoRanker joins it: '' for a missing value."""
+    return "" if v is None or (isinstance(v, float) and v != v) else str(v)
 
 
-def entry_order(sources: list[str], ranks: list[int], bands: list[str | None], opts: GeorankerOptions) -> list[int] | None:
-    """Candidate indices in GeoRanking order (entry 0 excluded), or None if too few candidates."""
-    if len(sources) < opts.group_size + opts.tail:
-        return None
-    by_rank = lambda idx: sorted(idx, key=lambda i: ranks[i])  # noqa: E731
-    image = by_rank([i for i, s in enumerate(sources) if s == "image"])
-    gps = by_rank([i for i, s in enumerate(sources) if s == "gps"])
-    neg = _band_round_robin(by_rank([i for i, s in enumerate(sources) if s == "negative"]), bands)
-    mixed = _interleave(image, gps)
-    n_neg_group = min(opts.group_negatives, len(neg), opts.group_size)
-    n_pos = min(opts.group_size - n_neg_group, len(mixed))
-    n_neg_group = min(len(neg), opts.group_size - n_pos)  # too few image/GPS candidates: more negatives
-    group = mixed[:n_pos] + neg[:n_neg_group]
-    if len(group) < opts.group_size:
-        return None
-    return group + mixed[n_pos:] + neg[n_neg_group:]
+def image_entries(row: dict) -> list[int]:
+    """Indices of a candidates row's image candidates, most similar first (mine's rank order)."""
+    idx = [i for i, s in enumerate(row["cand_source"]) if s == "image"]
+    return sorted(idx, key=lambda i: row["cand_rank"][i])
 
 
-def candidates_to_georanking(candidates: pa.Table, opts: GeorankerOptions | None = None) -> Conversion:
-    """Convert a ``candidates`` table to a ``georanking`` table (see the module docstring)."""
-    from ..core.schemas import table
+def dropped_row(row: dict, status: str, msg: str) -> dict:
+    return {"key": row["key"], "id": row["id"], "status": status, "error_message": msg}
 
-    opts = opts or GeorankerOptions()
-    cols = {c: candidates.column(c).to_pylist() for c in (
-        "key", "id", "lat", "lon", "texts", "cand_source", "cand_rank", "cand_band", "cand_id", "cand_lat", "cand_lon", "cand_texts",
-    )}
-    out = {"img_id": [], "gps": [], "ref_gps": [], "ref_img_id": [], "ref_texts": []}
-    dropped = []
-    for r in range(candidates.num_rows):
-        order = entry_order(cols["cand_source"][r], cols["cand_rank"][r], cols["cand_band"][r], opts)
-        if order is None:
-            dropped.append({
-                "key": cols["key"][r], "id": cols["id"][r], "status": "too_few_candidates",
-                "error_message": f"{len(cols['cand_source'][r])} candidates, GeoRanking needs {opts.group_size + opts.tail}",
-            })
+
+def query_texts(run: RunFolder, rows: Sequence[dict]) -> list[list[str]]:
+    """[city, state, country] of every query row ('' where unknown): the query's own metadata from
+    its shard's embeddings (``shard`` and ``key`` columns) where it has any, else offline reverse
+    geocoding of its position (entry 0's text, which GeoRanker's trainer never reads)."""
+    by_unit: dict[str, dict[str, list[str]]] = {}
+    out: list[list[str] | None] = []
+    for r in rows:
+        unit = r["shard"]
+        if unit not in by_unit and not meta_path(run, unit).exists():
+            by_unit[unit] = {}
+        if unit not in by_unit:
+            meta = read_meta(run, unit)
+            cols = [meta[c].tolist() if c in meta else [None] * len(meta) for c in ("city", "state", "country")]
+            by_unit[unit] = {k: [text(v) for v in vals] for k, *vals in zip(meta["key"].tolist(), *cols)}
+        t = by_unit[unit].get(r["key"])
+        out.append(t if t and any(t) else None)
+    need = [i for i, t in enumerate(out) if t is None]
+    if need:
+        geo = reverse_geocode([rows[i]["lat"] for i in need], [rows[i]["lon"] for i in need])
+        for j, i in enumerate(need):
+            out[i] = [text(geo[f].iloc[j]) for f in ("city", "state", "country")]
+    return out  # type: ignore[return-value]
+
+
+def georanking_rows(
+    rows: Sequence[dict],
+    query_texts: Sequence[Sequence[str]],
+    opts: GeorankerOptions | None = None,
+    accept: Callable[[list[str]], tuple[str, str] | None] | None = None,
+) -> Conversion:
+    """GeoRanking rows for candidates rows (dicts with :data:`READ_COLUMNS`); ``query_texts[i]`` is
+    row i's [city, state, country]; ``accept(ids)`` may refuse a row with ``(status, message)``
+    (e.g. a photo missing from the tar)."""
+    n = (opts or GeorankerOptions()).candidates
+    out: dict[str, list] = {"img_id": [], "gps": [], "ref_gps": [], "ref_img_id": [], "ref_texts": []}
+    dropped: list[dict] = []
+    for r, qt in zip(rows, query_texts):
+        img = image_entries(r)
+        if len(img) < n:
+            dropped.append(dropped_row(r, "too_few_candidates", f"{len(img)} image candidates, GeoRanking rows need {n} (--candidates)"))
             continue
-        lat, lon = cols["lat"][r], cols["lon"][r]
-        out["img_id"].append(cols["id"][r])
-        out["gps"].append([lat, lon])
-        out["ref_gps"].append([[lat, lon]] + [[cols["cand_lat"][r][i], cols["cand_lon"][r][i]] for i in order])
-        out["ref_img_id"].append([cols["id"][r]] + [cols["cand_id"][r][i] for i in order])
-        out["ref_texts"].append([list(cols["texts"][r] or [])] + [list(cols["cand_texts"][r][i] or []) for i in order])
+        img = img[:n]
+        ids = [gr_id(r["id"])] + [gr_id(r["cand_id"][i]) for i in img]
+        refused = accept(ids) if accept else None
+        if refused:
+            dropped.append(dropped_row(r, *refused))
+            continue
+        q = [float(r["lat"]), float(r["lon"])]
+        out["img_id"].append(ids[0])
+        out["gps"].append(q)
+        out["ref_gps"].append([q] + [[float(r["cand_lat"][i]), float(r["cand_lon"][i])] for i in img])
+        out["ref_img_id"].append(ids)
+        out["ref_texts"].append([[text(t) for t in qt]]
+                                + [[text(r["cand_city"][i]), text(r["cand_state"][i]), text(r["cand_country"][i])] for i in img])
     return Conversion(table(SCHEMA, out), dropped)
+
+
+def candidates_to_georanking(candidates: pa.Table, run: RunFolder, opts: GeorankerOptions | None = None) -> Conversion:
+    """Convert a ``candidates`` table of ``run`` to a ``georanking`` table (see the module docstring)."""
+    rows = candidates.select(list(READ_COLUMNS)).to_pylist()
+    return georanking_rows(rows, query_texts(run, rows), opts)
 
 
 def negative_example_texts(row: dict, n: int = TAIL) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from ..artifacts.georanking import CANDIDATES
 from ._common import (
     ExecutorOpt,
     OverwriteOpt,
@@ -32,6 +33,7 @@ def publish(
     images_per_tar: int = typer.Option(2_000, "--images-per-tar", help="Most photos per WebDataset tar of the images repository."),
     images: bool = typer.Option(True, "--images/--no-images", help="Stage (and upload) the images repository."),
     gallery_run: Optional[Path] = typer.Option(None, "--gallery-run", help="Run folder whose shards hold the gallery photos, when not RUN."),
+    georanker_candidates: int = typer.Option(CANDIDATES, "--georanker-candidates", min=1, help="Image candidates per row of the georanker config (queries with fewer are left out of it)."),
     pretty_name: str = typer.Option("GeoRanking-style geolocalization candidates", "--pretty-name", help="Title of the dataset cards."),
     license: str = typer.Option("other", "--license", help="License identifier written to the cards (e.g. cc-by-4.0)."),
     batch_files: int = typer.Option(64, "--batch-files", min=1, help="Most files per Hub commit."),
@@ -62,7 +64,7 @@ def publish(
     cfg = PublishConfig(
         to=str(to or folder.path("publish")), validation_fraction=validation_fraction, rows_per_file=rows_per_file,
         images_per_tar=images_per_tar, images=images, gallery_run=str(gallery_run) if gallery_run else None,
-        pretty_name=pretty_name, license=license,
+        georanker_candidates=georanker_candidates, pretty_name=pretty_name, license=license,
     )
     if restage:
         folder.reset_stage(PublishStage.name)

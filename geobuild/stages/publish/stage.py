@@ -28,7 +28,7 @@ from .splits import SPLITS, split_of
 from ...core.runfolder import RunFolder, atomic_path
 from ...core.stage import Stage, StageSummary, UnitResult
 from ...artifacts.candidates import candidate_units, recorded_gallery
-from ...artifacts.georanking import candidates_to_georanking
+from ...artifacts.georanking import CANDIDATES, GeorankerOptions, candidates_to_georanking
 from . import card, plots
 from .hub import Uploader, UploadSettings, hub_token
 from .images import IMAGE_JSON_FIELDS, write_images
@@ -42,13 +42,15 @@ GEORANKER_DESCRIPTIONS = {
     "img_id": "query image id (MP16-Pro IMG_ID for MP16-Pro runs)",
     "gps": "[lat, lon] of the query",
     "ref_gps": "[lat, lon] per candidate",
-    "ref_img_id": "candidate image ids, same order",
-    "ref_texts": "location text per candidate, e.g. [city, state, country]",
+    "ref_img_id": "candidate image ids ('/' replaced by '_', as GeoRanker's tar_index keys them), same order",
+    "ref_texts": "[city, state, country] per entry ('' where unknown)",
 }
 GEORANKER_ABOUT = (
-    "GeoRanking's exact columns. GeoRanker's trainer skips entry 0 of the candidate lists, ranks entries "
-    "1..7 as the group, and shows the last 5 entries as text `\"latitude: {lat}, longitude: {lon}, "
-    "{' '.join(texts)}\"`; photos are looked up by `img_id`."
+    "GeoRanking's exact columns, the rows `geobuild export georanker` writes to GeoRanking.parquet. Entry 0 is "
+    "the query itself; entries 1..N are its first N image candidates in retrieval order (real gallery photos "
+    "only: no GPS-gallery point and no distance-band point, so nothing in a row depends on the true location). "
+    "GeoRanker's trainer skips entry 0, ranks entries 1..7 as the group, and shows the last 5 entries as text "
+    "`\"latitude: {lat}, longitude: {lon}, {' '.join(texts)}\"`; photos are looked up by id."
 )
 CANDIDATES_ABOUT = (
     "The full geobuild schema: one row per query with aligned candidate lists (`cand_*`), the query-to-candidate "
@@ -66,12 +68,15 @@ class PublishConfig:
     images_per_tar: int = 2_000
     images: bool = True
     gallery_run: str | None = None
+    georanker_candidates: int = CANDIDATES  # image candidates per row of the georanker config
     pretty_name: str = "GeoRanking-style geolocalization candidates"
     license: str = "other"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise GeobuildError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.georanker_candidates < 1:
+            raise GeobuildError("--georanker-candidates must be >= 1")
         if self.rows_per_file < 1 or self.images_per_tar < 1:
             raise GeobuildError("--rows-per-file and --images-per-tar must be positive")
         self.to = str(Path(self.to).expanduser().resolve())
@@ -79,11 +84,11 @@ class PublishConfig:
             self.gallery_run = str(Path(self.gallery_run).expanduser().resolve())
 
 
-def georanker_converter() -> Callable[[pa.Table], tuple[pa.Table, list[dict[str, Any]]]]:
-    """Candidates -> (GeoRanking table, dropped rows) via :mod:`geobuild.georanker`."""
+def georanker_converter(run: RunFolder, candidates: int) -> Callable[[pa.Table], tuple[pa.Table, list[dict[str, Any]]]]:
+    """Candidates -> (GeoRanking table, dropped rows) via :mod:`geobuild.artifacts.georanking`."""
 
     def convert(table: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
-        conv = candidates_to_georanking(table)
+        conv = candidates_to_georanking(table, run, GeorankerOptions(candidates=candidates))
         dropped = [{**r, "status": f"georanker_{r['status']}",
                     "error_message": f"left out of the georanker config only: {r.get('error_message')}"} for r in conv.dropped]
         return conv.table, dropped
@@ -189,7 +194,7 @@ class PublishStage(Stage):
         units = candidate_units(run)
         if not units:
             raise GeobuildError(f"no candidates in {run.path('candidates')}; run `geobuild mine` and `geobuild distances` first")
-        convert = georanker_converter()
+        convert = georanker_converter(run, cfg.georanker_candidates)
         final = Path(cfg.to) / DATASET_REPO
         _fresh(final)
         rejects: list[dict[str, Any]] = []
@@ -238,6 +243,10 @@ class PublishStage(Stage):
                               "splits": written["georanker"], "pattern": "georanker/{split}-*.parquet",
                               "descriptions": GEORANKER_DESCRIPTIONS, "about": GEORANKER_ABOUT},
             }
+            if not any(v["rows"] for v in written["georanker"].values()):
+                log.warning("publish: no query has %d image candidates; the georanker config is left out "
+                            "(mine with a larger --k-image, or publish with a smaller --georanker-candidates)", cfg.georanker_candidates)
+                del configs["georanker"], written["georanker"]
             text = card.dataset_card(
                 configs=configs, pretty_name=cfg.pretty_name, license=cfg.license,
                 counts={s: dict(counts[s]) for s in SPLITS}, rejects=ledger_rejects(run, rejects),
