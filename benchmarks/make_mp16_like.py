@@ -8,7 +8,7 @@ text comes from an offline reverse geocode (``reverse_geocoder``) of the jittere
 percent of members are bad on purpose: truncated JPEGs (broken), valid JPEGs under 5120 bytes
 (tiny), rows with no member (missing) and members with no row (extra). ``DIR/expected.json``
 counts each kind and the ledger statuses the shard stage should report for ``min_bytes`` 0, 5000
-and 5120, so a test can check ledger + outputs = inputs.
+and 5121 (G3 keeps members > 5120 bytes), so a test can check ledger + outputs = inputs.
 
 Streams in chunks of rows (memory does not grow with ``--rows``) and is byte-reproducible for a
 seed: fixed tar mtime/uid/gid/names, deterministic order, per-chunk seeded random draws.
@@ -50,7 +50,7 @@ MTIME = 1_500_000_000  # fixed member mtime (2017-07-14)
 CHUNK = 1024  # rows generated, geocoded and written at a time
 STRIDE = 997  # flickr ids: 1e9 + serial * STRIDE + offset < STRIDE, so unique
 TINY_LIMIT = 5120  # G3's tar_index keeps members > 5120 bytes
-MIN_BYTES = (0, 5000, 5120)  # shard --min-bytes values expected.json gives statuses for
+MIN_BYTES = (0, 5000, 5121)  # shard --min-bytes values expected.json gives statuses for (5121: G3 keeps > 5120)
 PLACE_KM, COUNTRY_KM = 50.0, 300.0  # same cut-offs as geobuild's reverse geocode
 # ISO alpha-2 -> continent (GeoNames countryInfo, as geobuild/data/country_continent.csv)
 CONTINENTS = {

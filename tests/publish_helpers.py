@@ -21,19 +21,21 @@ CITIES = [("Paris", "Ile-de-France", "France"), ("Tokyo", "Tokyo", "Japan"), ("L
           ("Nairobi", "Nairobi", "Kenya"), ("Sydney", "NSW", "Australia"), ("Denver", "Colorado", "United States")]
 
 
-def _jpeg(seed: int) -> bytes:
+def _jpeg(seed: int, size: tuple[int, int] = (96, 128)) -> bytes:
+    """A noise JPEG of ``size`` (height, width): about 10 KB at the default, 1.2 KB at (24, 32)."""
     rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 255, size=(24, 32, 3), dtype=np.uint8)
+    arr = rng.integers(0, 255, size=(*size, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=80)
     return buf.getvalue()
 
 
 def make_run(root: Path, per_shard: int = 12, shards: int = 2, k_image: int = 8, k_gps: int = 3,
-             drop_distance: bool = True, missing_photo: bool = True) -> RunFolder:
+             drop_distance: bool = True, missing_photo: bool = True, small: frozenset[int] = frozenset()) -> RunFolder:
     """Shards of ``per_shard`` photos; every photo is a query whose candidates are other photos,
     GPS points and one negative. Optionally one query lacks its distances row and one image
-    candidate points at a photo no shard holds."""
+    candidate points at a photo no shard holds. Photos whose index is in ``small`` are 5120 bytes or
+    less (GeoRanker's tar_index leaves them out)."""
     run = RunFolder(root)
     rng = np.random.default_rng(0)
     n = per_shard * shards
@@ -49,8 +51,9 @@ def make_run(root: Path, per_shard: int = 12, shards: int = 2, k_image: int = 8,
         with ShardWriter(run.shard_path(unit)) as w:
             for i in range(s * per_shard, (s + 1) * per_shard):
                 meta = {"key": keys[i], "id": ids[i], "lat": float(lat[i]), "lon": float(lon[i]), "author": authors[i],
-                        "source": "csv", "width": 32, "height": 24, "city": city[i][0], "country": city[i][2]}
-                w.write(keys[i], {"jpg": _jpeg(i), "json": json_bytes(meta)})
+                        "source": "csv", "width": 32 if i in small else 128, "height": 24 if i in small else 96,
+                        "city": city[i][0], "country": city[i][2]}
+                w.write(keys[i], {"jpg": _jpeg(i, (24, 32) if i in small else (96, 128)), "json": json_bytes(meta)})
         run.marker_path("shard", unit).parent.mkdir(parents=True, exist_ok=True)
         run.marker_path("shard", unit).write_text("{}\n")
     write_sizes(run.shards_dir)

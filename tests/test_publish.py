@@ -171,7 +171,7 @@ def test_images_repo_loads_and_splits_never_share_an_author(staged, monkeypatch)
     for s in dd:
         for row in dd[s]:
             photo_split[row["__key__"]] = (s, row["json"]["author"])
-            assert row["jpg"].size == (32, 24)
+            assert row["jpg"].size == (128, 96)
     # every query and image candidate is there once, except the photo no shard holds (ledger)
     ledger = pq.read_table(run.ledger_path("publish", "images")).to_pylist()
     assert [(r["key"], r["status"]) for r in ledger] == [("ghost00001", "image_missing")]

@@ -39,11 +39,10 @@ from ..core.ledger import write_ledger
 from ..core.runfolder import RunFolder
 from ..core.shardspec import select_units
 from .candidates import read_candidates, recorded_gallery
-from .georanking import GeorankerOptions, dropped_row, georanking_rows, gr_id, image_entries, query_texts, text
+from .georanking import MIN_TAR_BYTES, GeorankerOptions, dropped_row, georanking_rows, gr_id, image_entries, query_texts, text
 from .gallery import IDS_FILE, index_path
 from .shards import FIXED_MTIME, iter_shard
 
-MIN_TAR_BYTES = 5120  # G3 indexes only members larger than this
 MANIFEST = "bundle.json"
 TRAIN_TABLE = "GeoRanking.parquet"
 TEXT6 = ("neighbourhood", "city", "county", "state", "region", "country")
@@ -145,7 +144,7 @@ def _write_tar(path: Path, staging: Path, ids: list[str]) -> dict[str, tarfile.T
     return index
 
 
-def _write_photos(tmp: Path, used: set[str], tar_index: dict[str, tarfile.TarInfo] | None) -> None:
+def write_photos(tmp: Path, used: set[str], tar_index: dict[str, tarfile.TarInfo] | None) -> None:
     """``images.tar`` of the staged photos (or the given tar's index) and ``tar_index.pkl`` for ``used``."""
     if tar_index is None:
         index = _write_tar(tmp / "images.tar", tmp / "_staging", sorted(used))
@@ -176,7 +175,7 @@ def _gallery_text(grun: RunFolder) -> dict[str, dict[str, Any]]:
 
 
 # -- the bundle ---------------------------------------------------------------------------------
-def _prepare_out(out: Path) -> Path:
+def prepare_out(out: Path) -> Path:
     """Check ``out`` may be (re)placed; return the temporary folder beside it."""
     out = Path(out).expanduser()
     if out.exists():
@@ -194,7 +193,7 @@ def _prepare_out(out: Path) -> Path:
     return tmp
 
 
-def _finish(tmp: Path, out: Path) -> None:
+def finish(tmp: Path, out: Path) -> None:
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
         out.rename(old)
@@ -213,7 +212,7 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
     rows, _ = _read_all_candidates(rf, opts.shards)
     grun = mined_gallery(rf)
     out = Path(opts.out).expanduser()
-    tmp = _prepare_out(out)
+    tmp = prepare_out(out)
     try:
         res = (_train if mode == "train" else _eval)(rf, grun, rows, opts, tmp, tar_index)
         write_ledger(tmp / "ledger.parquet", res.left_out)
@@ -224,7 +223,7 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
             **({"name": opts.name} if mode == "eval" else {}),
         }, indent=2, sort_keys=True) + "\n")
         shutil.rmtree(tmp / "_staging", ignore_errors=True)
-        _finish(tmp, out)
+        finish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -271,7 +270,7 @@ def _train(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleR
 
     conv = georanking_rows(rows, query_texts(rf, rows), GeorankerOptions(candidates=n), accept)
     pq.write_table(conv.table, tmp / TRAIN_TABLE)
-    _write_photos(tmp, {i for ids in conv.table.column("ref_img_id").to_pylist() for i in ids}, tar_index)
+    write_photos(tmp, {i for ids in conv.table.column("ref_img_id").to_pylist() for i in ids}, tar_index)
     return BundleResult("train", tmp, conv.table.num_rows, conv.dropped)
 
 
@@ -331,5 +330,5 @@ def _eval(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleRe
     pd.DataFrame(recs, columns=cols).to_csv(tmp / f"{opts.name}.csv", index=False)
     pd.DataFrame(gallery_recs, columns=GALLERY_COLUMNS).to_csv(tmp / "gallery.csv", index=False)
     np.save(tmp / "I.npy", np.asarray(I, dtype=np.int64).reshape(len(I), n))
-    _write_photos(tmp, used, tar_index)
+    write_photos(tmp, used, tar_index)
     return BundleResult("eval", tmp, len(recs), left)

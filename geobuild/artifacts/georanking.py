@@ -14,7 +14,9 @@ Only real gallery photos are entries: GPS-gallery points have no photo (the trai
 them) and distance-band points are drawn around the true location (they would show the answer).
 So the group and the negative-example tail are both retrieval candidates, as at evaluation time.
 Ids take GeoRanker's form (``id.replace('/', '_')``, as its ``tar_index.pkl`` keys MP16-Pro). A
-query with fewer than N image candidates is left out (status ``too_few_candidates``).
+query with fewer than N image candidates is left out (status ``too_few_candidates``), and so is one
+referencing a photo of :data:`MIN_TAR_BYTES` or less (``photo_too_small``): GeoRanker's
+``tar_index.pkl`` does not index such photos.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ TAIL = 5
 #: image candidates per row by default: GeoRanker reads entries 1..7 and the last 5; its evaluation reads 20
 CANDIDATES = 20
 SCHEMA = "georanking"
+#: G3 / GeoRanker index only tar members larger than this many bytes
+MIN_TAR_BYTES = 5120
 #: the candidates columns a conversion reads
-READ_COLUMNS = ("key", "id", "shard", "lat", "lon", "cand_source", "cand_rank", "cand_id", "cand_lat", "cand_lon",
+READ_COLUMNS = ("key", "id", "shard", "lat", "lon", "cand_source", "cand_rank", "cand_key", "cand_id", "cand_lat", "cand_lon",
                 "cand_city", "cand_state", "cand_country")
 
 
@@ -127,10 +131,32 @@ def georanking_rows(
     return Conversion(table(SCHEMA, out), dropped)
 
 
-def candidates_to_georanking(candidates: pa.Table, run: RunFolder, opts: GeorankerOptions | None = None) -> Conversion:
-    """Convert a ``candidates`` table of ``run`` to a ``georanking`` table (see the module docstring)."""
+def refuse_small_photos(rows: Sequence[dict], small_keys: set[str]) -> Callable[[list[str]], tuple[str, str] | None]:
+    """An ``accept`` for :func:`georanking_rows` refusing rows that reference a photo whose key is in
+    ``small_keys`` (photos of :data:`MIN_TAR_BYTES` or less, see ``artifacts.shards.small_photo_keys``)."""
+    small: set[str] = set()
+    for r in rows:
+        if r["key"] in small_keys:
+            small.add(gr_id(r["id"]))
+        small.update(gr_id(i) for k, i in zip(r["cand_key"], r["cand_id"]) if k in small_keys)
+
+    def accept(ids: list[str]) -> tuple[str, str] | None:
+        bad = [i for i in ids if i in small]
+        if not bad:
+            return None
+        return "photo_too_small", (f"photo {bad[0]} is {MIN_TAR_BYTES} bytes or less, which GeoRanker's tar_index "
+                                   f"leaves out; {len(bad)} of {len(ids)} entries")
+
+    return accept
+
+
+def candidates_to_georanking(candidates: pa.Table, run: RunFolder, opts: GeorankerOptions | None = None,
+                             small_keys: set[str] | None = None) -> Conversion:
+    """Convert a ``candidates`` table of ``run`` to a ``georanking`` table (see the module docstring);
+    rows referencing a photo whose key is in ``small_keys`` are left out, as the export leaves them."""
     rows = candidates.select(list(READ_COLUMNS)).to_pylist()
-    return georanking_rows(rows, query_texts(run, rows), opts)
+    accept = refuse_small_photos(rows, small_keys) if small_keys else None
+    return georanking_rows(rows, query_texts(run, rows), opts, accept)
 
 
 def negative_example_texts(row: dict, n: int = TAIL) -> list[str]:

@@ -12,7 +12,7 @@ import io
 import json
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from ..core.runfolder import atomic_path
 
@@ -83,6 +83,18 @@ def iter_shard(path: str | Path) -> Iterator[dict[str, Any]]:
             current[ext] = json.loads(data) if ext == "json" else data
     if current is not None:
         yield current
+
+
+def small_photo_keys(paths: Iterable[str | Path], max_bytes: int) -> set[str]:
+    """Keys whose ``.jpg`` member is ``max_bytes`` or smaller, from one pass over the tar headers of
+    ``paths`` (member data is skipped by seeking, so this costs a header read per member)."""
+    small: set[str] = set()
+    for path in paths:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isfile() and m.size <= max_bytes and m.name.endswith(".jpg"):
+                    small.add(m.name.rsplit("/", 1)[-1].partition(".")[0])
+    return small
 
 
 def write_sizes(shards_dir: str | Path, sizes: dict[str, int] | None = None) -> dict[str, int]:

@@ -28,10 +28,11 @@ from .splits import SPLITS, split_of
 from ...core.runfolder import RunFolder, atomic_path
 from ...core.stage import Stage, StageSummary, UnitResult
 from ...artifacts.candidates import candidate_units, recorded_gallery
-from ...artifacts.georanking import CANDIDATES, GeorankerOptions, candidates_to_georanking
+from ...artifacts.georanking import CANDIDATES, MIN_TAR_BYTES, GeorankerOptions, candidates_to_georanking
+from ...artifacts.shards import small_photo_keys
 from . import card, plots
 from .hub import Uploader, UploadSettings, hub_token
-from .images import IMAGE_JSON_FIELDS, write_images
+from .images import IMAGE_JSON_FIELDS, shard_files, write_images
 from .manifest import write_manifest
 from .tables import candidates_schema, joined_unit
 from .validate import require_valid
@@ -84,11 +85,12 @@ class PublishConfig:
             self.gallery_run = str(Path(self.gallery_run).expanduser().resolve())
 
 
-def georanker_converter(run: RunFolder, candidates: int) -> Callable[[pa.Table], tuple[pa.Table, list[dict[str, Any]]]]:
-    """Candidates -> (GeoRanking table, dropped rows) via :mod:`geobuild.artifacts.georanking`."""
+def georanker_converter(run: RunFolder, candidates: int, small_keys: set[str]) -> Callable[[pa.Table], tuple[pa.Table, list[dict[str, Any]]]]:
+    """Candidates -> (GeoRanking table, dropped rows) via :mod:`geobuild.artifacts.georanking`: the
+    rows ``geobuild export georanker`` writes (photos of 5120 bytes or less leave their row out)."""
 
     def convert(table: pa.Table) -> tuple[pa.Table, list[dict[str, Any]]]:
-        conv = candidates_to_georanking(table, run, GeorankerOptions(candidates=candidates))
+        conv = candidates_to_georanking(table, run, GeorankerOptions(candidates=candidates), small_keys)
         dropped = [{**r, "status": f"georanker_{r['status']}",
                     "error_message": f"left out of the georanker config only: {r.get('error_message')}"} for r in conv.dropped]
         return conv.table, dropped
@@ -194,7 +196,8 @@ class PublishStage(Stage):
         units = candidate_units(run)
         if not units:
             raise GeobuildError(f"no candidates in {run.path('candidates')}; run `geobuild mine` and `geobuild distances` first")
-        convert = georanker_converter(run, cfg.georanker_candidates)
+        small = small_photo_keys(shard_files(self.source_runs(run)), MIN_TAR_BYTES)
+        convert = georanker_converter(run, cfg.georanker_candidates, small)
         final = Path(cfg.to) / DATASET_REPO
         _fresh(final)
         rejects: list[dict[str, Any]] = []
