@@ -1,0 +1,162 @@
+"""How each stage's time, memory and disk grow with the number of photos: ``pipelines/mp16pro.yaml``
+on MP16-Pro-shaped inputs of N photos (``benchmarks.make_mp16_like``), local executor.
+
+    python -m benchmarks.bench_scale --sizes 10000,50000,200000 --work /data/scale [--workers 2]
+
+For every N: the input is generated once (``WORK/input-N``), then every stage of the pipeline runs
+as its own ``geobuild run --from S --until S`` (the Hub upload stage is left out) in a fresh wrapper
+process, so each stage gets its own figures:
+
+- wall seconds, units/s and photos/s (samples the stage read per second);
+- peak RSS of the largest process of the stage (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` of the
+  wrapper: the largest of the stage's processes, workers included);
+- disk bytes per photo of the stage's output folder;
+- ledger accounting: samples in = samples out + rejects for every stage, and the shard ledger equal
+  to the input's ``expected.json``.
+
+The model: EfficientNet-Lite0 (real pretrained features) for N up to ``--effnet-upto``, above it a
+small randomly initialised open_clip ViT (``SMALL_CLIP``) on the CPU: the point is how the pipeline's
+own costs grow, not embedding quality. A run folder already finished is not redone (delete it to
+re-measure). Writes ``benchmarks/results/scale.json`` and ``scale.md`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+STAGES = ("shard", "embed", "index", "mine", "distances", "publish")
+OUTPUTS = {"shard": "shards", "embed": "embeddings", "index": "index", "mine": "candidates",
+           "distances": "distances", "publish": "publish"}
+#: a small open_clip ViT (random weights): 64 px input, 2 layers, 256-d embeddings
+SMALL_CLIP = {
+    "embed_dim": 256,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 128, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2},
+}
+
+# The wrapper: run one command, report its wall seconds and the peak RSS of its largest process.
+WRAPPER = (
+    "import json, resource, subprocess, sys, time\n"
+    "t = time.perf_counter(); p = subprocess.run(sys.argv[1:])\n"
+    "print(json.dumps({'rc': p.returncode, 'seconds': time.perf_counter() - t,\n"
+    "                  'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+)
+
+
+def small_clip_dir(folder: Path) -> Path:
+    """A local-dir open_clip model with :data:`SMALL_CLIP` and seeded random weights."""
+    import open_clip
+    import torch
+
+    if (folder / "open_clip_config.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(open_clip.CLIP(**SMALL_CLIP).state_dict(), folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": SMALL_CLIP, "preprocess_cfg": {}}))
+    return folder
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+def measure(n: int, work: Path, workers: int, effnet_upto: int, per_shard: int) -> dict[str, Any]:
+    inp, run = work / f"input-{n}", work / f"run-{n}"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GEOBUILD_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1",
+           "MP16_DIR": str(inp), "EMBED_DEVICE": "cpu", "EMBED_DECODERS": "0"}
+    model = "efficientnet-lite0" if n <= effnet_upto else f"open_clip:local-dir:{small_clip_dir(work / 'small-clip')}"
+    env["MP16_MODEL"] = model
+    t = time.perf_counter()
+    if not (inp / "expected.json").exists():
+        subprocess.run([sys.executable, "-m", "benchmarks.make_mp16_like", "--rows", str(n), "--out", str(inp)],
+                       cwd=REPO, env=env, check=True)
+    make_s = time.perf_counter() - t
+    expected = json.loads((inp / "expected.json").read_text())
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in STAGES:
+        cmd = [sys.executable, "-m", "geobuild", "run", str(REPO / "pipelines" / "mp16pro.yaml"), "--out", str(run),
+               "--from", stage, "--until", stage, "--workers", str(workers),
+               "--set", f"shard.samples_per_shard={per_shard}"]
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], cwd=work, env=env, capture_output=True, text=True)
+        last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+        res = json.loads(last)
+        if res.get("rc") != 0:
+            raise SystemExit(f"{stage} at N={n} failed:\n{proc.stderr[-3000:]}")
+        summary = {s["stage"]: s for s in json.loads((run / "summary.json").read_text())["stages"]}[stage]
+        stages[stage] = {
+            "seconds": round(res["seconds"], 1), "stage_seconds": summary["seconds"], "units": summary["units"],
+            "done": summary["done"], "skipped": summary["skipped"],
+            "samples_in": summary["samples_in"], "samples_out": summary["samples_out"], "rejects": summary["rejects"],
+            "peak_rss_mb": round(res["maxrss_kb"] / 1024, 1), "disk_bytes": du(run / OUTPUTS[stage]),
+        }
+        print(f"N={n} {stage}: {stages[stage]}", file=sys.stderr, flush=True)
+    ledger_ok = _check_ledgers(run, expected, stages)
+    return {"n": n, "model": "efficientnet-lite0" if n <= effnet_upto else "small open_clip ViT (random)",
+            "workers": workers, "samples_per_shard": per_shard, "make_input_seconds": round(make_s, 1),
+            "expected": {k: expected[k] for k in ("rows", "ok", "broken", "tiny", "missing", "extra")},
+            "ledger_adds_up": ledger_ok, "stages": stages}
+
+
+def _check_ledgers(run: Path, expected: dict, stages: dict[str, dict]) -> bool:
+    import pyarrow.parquet as pq
+
+    status = pq.read_table(run / "ledger" / "shard", columns=["status"]).column("status").to_pylist()
+    counts = {s: status.count(s) for s in set(status)}
+    ok = counts == expected["ledger_by_status"]["min_bytes=5121"]
+    photos = expected["ok"]
+    for s in ("embed", "index", "mine", "distances"):
+        st = stages[s]
+        ok &= st["samples_in"] == st["samples_out"] + sum(st["rejects"].values()) == photos
+    return bool(ok)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    out = ["| N photos | stage | model | wall s | units/s | photos/s | peak RSS MB (largest process) | disk bytes/photo | in | out | rejects |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        photos = r["expected"]["ok"]
+        for name, s in r["stages"].items():
+            sec = max(s["stage_seconds"], 1e-9)
+            rej = ", ".join(f"{k} {v}" for k, v in sorted(s["rejects"].items())) or "-"
+            out.append(f"| {r['n']:,} | {name} | {r['model'] if name == 'embed' else ''} | {s['stage_seconds']:.1f} | "
+                       f"{s['done'] / sec:.2f} | {s['samples_in'] / sec if s['samples_in'] else photos / sec:,.0f} | "
+                       f"{s['peak_rss_mb']:,.0f} | {s['disk_bytes'] / max(photos, 1):,.0f} | {s['samples_in']} | "
+                       f"{s['samples_out']} | {rej} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="10000,50000,200000")
+    ap.add_argument("--work", required=True, help="Folder for the inputs and runs (tens of GB at 200K).")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--per-shard", type=int, default=1000)
+    ap.add_argument("--effnet-upto", type=int, default=10000, help="EfficientNet-Lite0 up to this N, the small open_clip above.")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
+    a = ap.parse_args()
+    work = Path(a.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(a.out)
+    results = json.loads(out.read_text())["results"] if out.exists() else []
+    for n in (int(x) for x in a.sizes.split(",")):
+        res = measure(n, work, a.workers, a.effnet_upto, a.per_shard)
+        results = [r for r in results if r["n"] != n] + [res]
+        results.sort(key=lambda r: r["n"])
+        out.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                                   "command": "python -m benchmarks.bench_scale " + " ".join(sys.argv[1:]),
+                                   "results": results}, indent=2) + "\n")
+        print(table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
