@@ -27,11 +27,10 @@ import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.errors import GeobuildError
@@ -154,14 +153,21 @@ def write_photos(tmp: Path, used: set[str], tar_index: dict[str, tarfile.TarInfo
         pickle.dump(index, f, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def _read_all_candidates(rf: RunFolder, shards: str | None):
+CANDIDATE_COLUMNS = ["key", "id", "shard", "lat", "lon", "cand_source", "cand_rank", "cand_key", "cand_id", "cand_lat",
+                     "cand_lon", "cand_city", "cand_county", "cand_state", "cand_country", "cand_continent"]
+
+
+def _mined_units(rf: RunFolder, shards: str | None) -> list[str]:
     have = rf.done_units("mine")
     if not have:
         raise GeobuildError(f"no mined shards in {rf.root}; run: geobuild mine --run {rf.root}")
-    units = select_units(have, shards, "mined shards")
-    cols = ["key", "id", "shard", "lat", "lon", "cand_source", "cand_rank", "cand_key", "cand_id", "cand_lat", "cand_lon",
-            "cand_city", "cand_county", "cand_state", "cand_country", "cand_continent"]
-    return pa.concat_tables([read_candidates(rf, u, columns=cols) for u in units]).to_pylist(), units
+    return select_units(have, shards, "mined shards")
+
+
+def _rows(rf: RunFolder, units: list[str], columns: list[str] = CANDIDATE_COLUMNS) -> Iterator[list[dict]]:
+    """The candidates rows of ``units``, one unit at a time (memory bounded by the largest unit)."""
+    for u in units:
+        yield read_candidates(rf, u, columns=columns).to_pylist()
 
 
 def _gallery_text(grun: RunFolder) -> dict[str, dict[str, Any]]:
@@ -209,12 +215,12 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
         raise GeobuildError("--candidates must be >= 1")
     mode = decide_mode(rf, opts.mode)
     tar_index = index_tar(opts.images_tar) if opts.images_tar else None  # a bad tar fails before any work
-    rows, _ = _read_all_candidates(rf, opts.shards)
+    units = _mined_units(rf, opts.shards)
     grun = mined_gallery(rf)
     out = Path(opts.out).expanduser()
     tmp = prepare_out(out)
     try:
-        res = (_train if mode == "train" else _eval)(rf, grun, rows, opts, tmp, tar_index)
+        res = (_train if mode == "train" else _eval)(rf, grun, units, opts, tmp, tar_index)
         write_ledger(tmp / "ledger.parquet", res.left_out)
         (tmp / MANIFEST).write_text(json.dumps({
             "mode": mode, "run": str(rf.root), "gallery": str(grun.root), "candidates": opts.candidates,
@@ -231,13 +237,14 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
     return res
 
 
-def _photos(rf: RunFolder, grun: RunFolder, rows: list[dict], n: int, tmp: Path, tar_index):
+def _photos(rf: RunFolder, grun: RunFolder, rows: Iterable[dict], n: int, tmp: Path, tar_index):
     """Stage the photos of every row's query and (without --images-tar) of its first ``n`` image
     candidates; sizes of those found."""
-    queries = {r["key"]: gr_id(r["id"]) for r in rows}
+    queries: dict[str, str] = {}
     cands: dict[str, str] = {}
-    if tar_index is None:
-        for r in rows:
+    for r in rows:
+        queries[r["key"]] = gr_id(r["id"])
+        if tar_index is None:
             for i in image_entries(r)[:n]:
                 if r["cand_key"][i]:
                     cands[r["cand_key"][i]] = gr_id(r["cand_id"][i])
@@ -257,9 +264,11 @@ def _check_photo(gid: str, sizes: dict[str, int], tar_index) -> str | None:
     return None
 
 
-def _train(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
+def _train(rf, grun, units: list[str], opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
+    """GeoRanking.parquet written unit by unit; photos staged in one pass over the shards first."""
     n = opts.candidates
-    sizes = _photos(rf, grun, rows, n, tmp, tar_index) if tar_index is None else {}
+    photo_cols = ["key", "id", "cand_source", "cand_rank", "cand_key", "cand_id"]
+    sizes = _photos(rf, grun, (r for rows in _rows(rf, units, photo_cols) for r in rows), n, tmp, tar_index) if tar_index is None else {}
 
     def accept(ids: list[str]) -> tuple[str, str] | None:
         bad = [(gid, why) for gid in ids if (why := _check_photo(gid, sizes, tar_index))]
@@ -268,14 +277,29 @@ def _train(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleR
         gid, why = bad[0]
         return why, f"photo {gid} cannot be opened through tar_index ({why}); {len(bad)} of {len(ids)} entries"
 
-    conv = georanking_rows(rows, query_texts(rf, rows), GeorankerOptions(candidates=n), accept)
-    pq.write_table(conv.table, tmp / TRAIN_TABLE)
-    write_photos(tmp, {i for ids in conv.table.column("ref_img_id").to_pylist() for i in ids}, tar_index)
-    return BundleResult("train", tmp, conv.table.num_rows, conv.dropped)
+    used: set[str] = set()
+    dropped: list[dict] = []
+    written = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for rows in _rows(rf, units):
+            conv = georanking_rows(rows, query_texts(rf, rows), GeorankerOptions(candidates=n), accept)
+            writer = writer or pq.ParquetWriter(tmp / TRAIN_TABLE, conv.table.schema)
+            writer.write_table(conv.table)
+            used.update(i for ids in conv.table.column("ref_img_id").to_pylist() for i in ids)
+            dropped += conv.dropped
+            written += conv.table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    write_photos(tmp, used, tar_index)
+    return BundleResult("train", tmp, written, dropped)
 
 
-def _eval(rf, grun, rows, opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
+def _eval(rf, grun, units: list[str], opts: BundleOptions, tmp: Path, tar_index) -> BundleResult:
+    """A benchmark's queries (thousands, held together: I.npy and gallery.csv index across them)."""
     n = opts.candidates
+    rows = [r for unit_rows in _rows(rf, units) for r in unit_rows]
     sizes = _photos(rf, grun, rows, n, tmp, tar_index)
     gmeta = _gallery_text(grun)
     left: list[dict] = []
