@@ -71,7 +71,7 @@ def tiles(ctx: dict[str, Any]) -> str:
     rejected = sum(sum(s.report.rejects.values()) for s in ctx["stages"])
     items.append(("rejected", rejected, "tile-rejected"))
     return "<section class=tiles>" + "".join(
-        f'<div class=tile><div class=num id={i}>{fmt_int(v)}</div><div class=lbl>{esc(label)}</div></div>' for label, v, i in items
+        f'<div class=tile><div class=num id="{i}">{fmt_int(v)}</div><div class=lbl>{esc(label)}</div></div>' for label, v, i in items
     ) + "</section>"
 
 
@@ -84,7 +84,7 @@ def stage_table(ctx: dict[str, Any]) -> str:
         units = f"{r.units}"
         status = f'<span class="badge {esc(r.status.replace(" ", "-"))}">{esc(r.status)}</span>'
         rows.append(
-            f'<tr id=stage-{esc(r.stage)}><th>{esc(r.stage)}</th><td>{status}</td><td class="n units">{units}</td>'
+            f'<tr id="stage-{esc(r.stage)}"><th>{esc(r.stage)}</th><td>{status}</td><td class="n units">{units}</td>'
             f'<td class="n in">{fmt_int(r.samples_in)}</td><td class="n out">{fmt_int(r.samples_out)}</td>'
             f'<td class="n rejected">{fmt_int(rejected)}</td><td class=n>{fmt_s(r.unit_seconds)}</td><td class=n>{fmt_s(row.wall_seconds)}</td></tr>'
         )
@@ -94,7 +94,7 @@ def stage_table(ctx: dict[str, Any]) -> str:
                 for e in row.examples.get(reason, [])
             )
             rows.append(
-                f'<tr class=reject data-stage={esc(r.stage)} data-reason={esc(reason)}><td></td><td colspan=7>'
+                f'<tr class=reject data-stage="{esc(r.stage)}" data-reason="{esc(reason)}"><td></td><td colspan=7>'
                 f'<details><summary><b>{esc(reason)}</b>: <span class=count>{fmt_int(count)}</span> sample(s)</summary><ul>{examples}</ul></details></td></tr>'
             )
     return (
@@ -136,7 +136,7 @@ def density_legend(edges: list[int]) -> str:
     for k, colour in enumerate(DENSITY_COLOURS[: len(edges) - 1]):
         lo, hi = edges[k], edges[k + 1] - 1
         label = f"{lo}" if lo == hi else f"{lo}–{hi}"
-        parts.append(f"<span><i style=background:{colour}></i>{label}</span>")
+        parts.append(f'<span><i style="background:{colour}"></i>{label}</span>')
     return f'<div class=legend>queries per {GRID_DEG:g}° cell: {"".join(parts)}</div>'
 
 
@@ -184,7 +184,7 @@ def per_source_table(stats: DataStats) -> str:
         with_any = sum(v for k, v in c.items() if k > 0)
         mean = total / stats.queries if stats.queries else 0.0
         rows.append(
-            f'<tr id=per-query-{s}><th><i class="dot {s}"></i>{esc(SOURCE_LABELS[s])}</th><td class="n total">{fmt_int(total)}</td>'
+            f'<tr id="per-query-{s}"><th><i class="dot {s}"></i>{esc(SOURCE_LABELS[s])}</th><td class="n total">{fmt_int(total)}</td>'
             f"<td class=n>{fmt_int(with_any)}</td><td class=n>{counts[0]}</td><td class=n>{mean:.1f}</td><td class=n>{counts[-1]}</td></tr>"
         )
     return (
@@ -240,7 +240,7 @@ def histogram_svg(stats: DataStats, source: str) -> str:
     n = stats.candidates(source)
     within = "".join(f"<span><b>{pct(k / n) if n else '–'}</b> &lt; {t:g} km</span>" for t, k in zip(THRESHOLDS_KM, stats.within[source]))
     return (
-        f'<div class=hist id=hist-{source}><h4><i class="dot {source}"></i>{esc(SOURCE_LABELS[source])} '
+        f'<div class=hist id="hist-{source}"><h4><i class="dot {source}"></i>{esc(SOURCE_LABELS[source])} '
         f'<span class=muted>({fmt_int(n)} candidates)</span></h4>'
         f'<svg viewBox="0 0 {w:g} {h:g}" class="histsvg {source}" role=img aria-label="distance histogram">{axis}{bars}{thr}{ticks}</svg>'
         f"<div class=within>{within}</div></div>"
@@ -267,7 +267,7 @@ def mix_table(title: str, queries: PlaceMix, gallery: PlaceMix | None, attr: str
             k = sum(cnt.get(r, 0) for r in rest)
             vals.append((c, k / n if n else 0.0, f"{fmt_int(k)} · {pct(k / n) if n else '–'}"))
         rows.append(f"<tr class=rest><th>{len(rest)} more</th>{_bars(vals, scale)}</tr>")
-    return f'<table class="numbers mix" id=mix-{attr}><thead><tr><th>{esc(title)}</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    return f'<table class="numbers mix" id="mix-{attr}"><thead><tr><th>{esc(title)}</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def data_section(ctx: dict[str, Any], land: str) -> str:

@@ -1,6 +1,6 @@
 """Write the report's files: ``index.html`` (the run and the data), ``queries.html`` (the query
 browser), ``assets/`` (CSS, JS, the land outline) and ``data/`` (the search index and one script
-per page of queries). Scripts, not JSON, so that the pages work from ``file://`` too."""
+per page of queries). Scripts, not JSON files, so that the pages also open from the file system."""
 
 from __future__ import annotations
 

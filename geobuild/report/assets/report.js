@@ -1,6 +1,6 @@
 /* geobuild report: the query browser (search, pages, one query with its candidates and maps) and a
    check that every picture on the page loaded. Data comes from data/*.js (script tags, so the pages
-   also work from file://); nothing is fetched from anywhere else. */
+   also open straight from the file system); nothing is fetched from anywhere else. */
 (function () {
   "use strict";
   var GB = window.GB || {};
