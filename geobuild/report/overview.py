@@ -29,6 +29,7 @@ GROUP_LABELS = {
 }
 DENSITY_COLOURS = ("#fcd38d", "#f9a03f", "#ec6b2d", "#c9302c", "#7a1020")
 TOP_COUNTRIES = 15
+OPEN_REASONS = 6  # up to this many reasons in all, their examples are shown unfolded
 _ABS_PATH = re.compile(r"(?<![\w.~])/(?:[^\s/:'\"]+/)+")
 
 
@@ -78,6 +79,7 @@ def tiles(ctx: dict[str, Any]) -> str:
 def stage_table(ctx: dict[str, Any]) -> str:
     head = ("stage", "status", "units", "samples in", "samples out", "rejected", "unit s", "wall s")
     rows = []
+    few = sum(len(row.report.rejects) for row in ctx["stages"]) <= OPEN_REASONS
     for row in ctx["stages"]:
         r = row.report
         rejected = sum(r.rejects.values())
@@ -95,7 +97,7 @@ def stage_table(ctx: dict[str, Any]) -> str:
             )
             rows.append(
                 f'<tr class=reject data-stage="{esc(r.stage)}" data-reason="{esc(reason)}"><td></td><td colspan=7>'
-                f'<details><summary><b>{esc(reason)}</b>: <span class=count>{fmt_int(count)}</span> sample(s)</summary><ul>{examples}</ul></details></td></tr>'
+                f'<details{" open" if few else ""}><summary><b>{esc(reason)}</b>: <span class=count>{fmt_int(count)}</span> sample(s)</summary><ul>{examples}</ul></details></td></tr>'
             )
     return (
         '<table class="stages"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
@@ -280,7 +282,7 @@ def data_section(ctx: dict[str, Any], land: str) -> str:
     return (
         "<section id=data><h2>Data</h2>"
         f'<div class=card><h3>Where the <span id=map-queries>{fmt_int(stats.queries)}</span> queries are</h3>{density_map(stats, land)}</div>'
-        f"<div class=grid2><div class=card><h3>Candidates per query, by source</h3>{per_source_table(stats)}</div>"
+        f"<div class=\"grid2 wide-right\"><div class=card><h3>Candidates per query, by source</h3>{per_source_table(stats)}</div>"
         f"<div class=card><h3>Accuracy of the mined candidates</h3>{accuracy_table(stats)}</div></div>"
         f'<div class=card><h3>Distance from each candidate to its query\'s true position</h3>'
         f'<p class=note>log scale; dashed lines: the 1 / 25 / 200 / 750 / 2500 km thresholds (street, city, region, country, '
