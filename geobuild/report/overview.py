@@ -56,6 +56,14 @@ def scrub(message: str) -> str:
     return _ABS_PATH.sub("…/", message)
 
 
+def _message(example: dict[str, str]) -> str:
+    """The ledger message without the id it starts with (shown beside it), paths shortened."""
+    msg, name = example["message"], example["id"] or example["key"]
+    if name and msg.startswith(f"{name}: "):
+        msg = msg[len(name) + 2 :]
+    return scrub(msg)
+
+
 # -- run ----------------------------------------------------------------------------------------
 def tiles(ctx: dict[str, Any]) -> str:
     reps = {s.report.stage: s.report for s in ctx["stages"]}
@@ -92,7 +100,7 @@ def stage_table(ctx: dict[str, Any]) -> str:
         )
         for reason, count in r.rejects.items():
             examples = "".join(
-                f'<li><code>{esc(e["id"] or e["key"])}</code> <span class=muted>(unit {esc(e["unit"])})</span> {esc(scrub(e["message"]))}</li>'
+                f'<li><code>{esc(e["id"] or e["key"])}</code> <span class=muted>(unit {esc(e["unit"])})</span> {esc(_message(e))}</li>'
                 for e in row.examples.get(reason, [])
             )
             rows.append(
@@ -100,7 +108,8 @@ def stage_table(ctx: dict[str, Any]) -> str:
                 f'<details{" open" if few else ""}><summary><b>{esc(reason)}</b>: <span class=count>{fmt_int(count)}</span> sample(s)</summary><ul>{examples}</ul></details></td></tr>'
             )
     return (
-        '<table class="stages"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>"
+        '<table class="stages"><thead><tr>' + "".join(f"<th{' class=n' if k > 1 else ''}>{h}</th>" for k, h in enumerate(head))
+        + "</tr></thead><tbody>"
         + "".join(rows) + "</tbody></table>"
     )
 
@@ -190,7 +199,8 @@ def per_source_table(stats: DataStats) -> str:
             f"<td class=n>{fmt_int(with_any)}</td><td class=n>{counts[0]}</td><td class=n>{mean:.1f}</td><td class=n>{counts[-1]}</td></tr>"
         )
     return (
-        "<table class=numbers><thead><tr><th>source</th><th>candidates</th><th>queries with any</th><th>min</th><th>mean</th><th>max</th>"
+        "<table class=numbers><thead><tr><th>source</th><th class=n>candidates</th><th class=n>queries with any</th><th class=n>min</th>"
+        "<th class=n>mean</th><th class=n>max</th>"
         "</tr></thead><tbody>" + "".join(rows) + "</tbody></table><p class=note>per query: min, mean and max number of candidates of each source</p>"
     )
 
