@@ -27,7 +27,8 @@ from ..core.runfolder import RunFolder, atomic_path
 from .datastats import COLUMNS, DataStats, PlaceMix
 from .photos import PhotoSize, write_photos
 from .runinfo import stage_rows, without_local_paths
-from .sample import index_rows, query_records, sample_positions
+from .context import ReportContext
+from .sample import query_records, sample_positions
 from .site import write_site
 
 log = get_logger("report")
@@ -155,23 +156,22 @@ def build_report(run: RunFolder | str | Path, cfg: ReportConfig = ReportConfig()
                 wanted.setdefault(tar, {}).setdefault(key, set()).add(THUMBS)
         written = write_photos(wanted, tmp, {PHOTOS: cfg.photo, THUMBS: cfg.thumb})
         photos, thumbs = written[PHOTOS], written[THUMBS]
-        records = query_records(rows, photos, thumbs)
-        context = {
-            "run_name": run.root.name,
-            "gallery_name": None if grun is None or grun.root == run.root else grun.root.name,
-            "gallery_recorded": recorded_gallery(run) is not None,
-            "saved": saved,
-            "pipeline": _pipeline_info(run),
-            "config": without_local_paths(run.read_config()),
-            "stages": stages,
-            "stats": stats if units else None,
-            "gallery_mix": gallery_mix,
-            "records": records,
-            "index": index_rows(records),
-            "page_size": cfg.page_size,
-            "seed": cfg.seed,
-        }
+        context = ReportContext(
+            run_name=run.root.name,
+            gallery_name=None if grun is None or grun.root == run.root else grun.root.name,
+            gallery_recorded=recorded_gallery(run) is not None,
+            saved=saved,
+            pipeline=_pipeline_info(run),
+            config=without_local_paths(run.read_config()),
+            stages=stages,
+            stats=stats if units else None,
+            gallery_mix=gallery_mix,
+            records=query_records(rows, photos, thumbs),
+            page_size=cfg.page_size,
+            seed=cfg.seed,
+        )
         write_site(tmp, context)
+        records = context.records
         meta = {"run": run.root.name, "queries": stats.queries, "sampled": len(records), "seed": cfg.seed,
                 "photos": len(photos), "thumbs": len(thumbs)}
         (tmp / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -17,6 +17,7 @@ import yaml
 from ..geo.sphere import THRESHOLD_NAMES, THRESHOLDS_KM
 from ..stages.mine.quality import GROUPS
 from ..stages.publish.plots import DIST_BINS_KM
+from .context import ReportContext
 from .datastats import GRID_DEG, NO_COUNTRY, SOURCES, DataStats, PlaceMix
 
 SOURCE_LABELS = {"image": "image neighbours", "gps": "GPS gallery", "negative": "distance bands"}
@@ -65,9 +66,9 @@ def _message(example: dict[str, str]) -> str:
 
 
 # -- run ----------------------------------------------------------------------------------------
-def tiles(ctx: dict[str, Any]) -> str:
-    reps = {s.report.stage: s.report for s in ctx["stages"]}
-    stats: DataStats | None = ctx["stats"]
+def tiles(ctx: ReportContext) -> str:
+    reps = {s.report.stage: s.report for s in ctx.stages}
+    stats: DataStats | None = ctx.stats
     items = []
     if "shard" in reps:
         items.append(("photos in", reps["shard"].samples_in, "tile-photos-in"))
@@ -77,18 +78,18 @@ def tiles(ctx: dict[str, Any]) -> str:
         for s in SOURCES:
             if stats.candidates(s):
                 items.append((f"{s} candidates", stats.candidates(s), f"tile-cand-{s}"))
-    rejected = sum(sum(s.report.rejects.values()) for s in ctx["stages"])
+    rejected = sum(sum(s.report.rejects.values()) for s in ctx.stages)
     items.append(("rejected", rejected, "tile-rejected"))
     return "<section class=tiles>" + "".join(
         f'<div class=tile><div class=num id="{i}">{fmt_int(v)}</div><div class=lbl>{esc(label)}</div></div>' for label, v, i in items
     ) + "</section>"
 
 
-def stage_table(ctx: dict[str, Any]) -> str:
+def stage_table(ctx: ReportContext) -> str:
     head = ("stage", "status", "units", "samples in", "samples out", "rejected", "unit s", "wall s")
     rows = []
-    few = sum(len(row.report.rejects) for row in ctx["stages"]) <= OPEN_REASONS
-    for row in ctx["stages"]:
+    few = sum(len(row.report.rejects) for row in ctx.stages) <= OPEN_REASONS
+    for row in ctx.stages:
         r = row.report
         rejected = sum(r.rejects.values())
         units = f"{r.units}"
@@ -114,24 +115,24 @@ def stage_table(ctx: dict[str, Any]) -> str:
     )
 
 
-def run_header(ctx: dict[str, Any]) -> str:
-    saved, pipe = ctx["saved"], ctx["pipeline"]
+def run_header(ctx: ReportContext) -> str:
+    saved, pipe = ctx.saved, ctx.pipeline
     bits = []
     if pipe.get("name"):
         bits.append(f"pipeline <b>{esc(pipe['name'])}</b>")
     if saved:
         bits.append(f"last <code>geobuild run</code>: <b>{'ok' if saved.get('ok') else 'failed'}</b> in {fmt_s(saved.get('seconds'))} s"
                     f" on the {esc(saved.get('executor', ''))} executor")
-    if ctx["gallery_name"]:
-        bits.append(f"candidates mined against the gallery run <b>{esc(ctx['gallery_name'])}</b>")
-    elif ctx["gallery_recorded"]:
+    if ctx.gallery_name:
+        bits.append(f"candidates mined against the gallery run <b>{esc(ctx.gallery_name)}</b>")
+    elif ctx.gallery_recorded:
         bits.append("mined against a gallery run that is not here")
     desc = f"<p class=desc>{esc(pipe['description'])}</p>" if pipe.get("description") else ""
     return desc + (f"<p class=meta>{' · '.join(bits)}</p>" if bits else "")
 
 
-def config_block(ctx: dict[str, Any]) -> str:
-    text = yaml.safe_dump(ctx["config"], sort_keys=False, allow_unicode=True) if ctx["config"] else "(no config.yaml)\n"
+def config_block(ctx: ReportContext) -> str:
+    text = yaml.safe_dump(ctx.config, sort_keys=False, allow_unicode=True) if ctx.config else "(no config.yaml)\n"
     return f"<details class=config><summary>resolved configuration (local paths shortened)</summary><pre>{esc(text)}</pre></details>"
 
 
@@ -282,12 +283,12 @@ def mix_table(title: str, queries: PlaceMix, gallery: PlaceMix | None, attr: str
     return f'<table class="numbers mix" id="mix-{attr}"><thead><tr><th>{esc(title)}</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def data_section(ctx: dict[str, Any], land: str) -> str:
-    stats: DataStats | None = ctx["stats"]
+def data_section(ctx: ReportContext, land: str) -> str:
+    stats: DataStats | None = ctx.stats
     if stats is None:
         return "<section id=data><h2>Data</h2><p class=note>No mined candidates in this run yet (run the mine stage).</p></section>"
-    gallery: PlaceMix | None = ctx["gallery_mix"]
-    gname = "the gallery" + (f" ({esc(ctx['gallery_name'])})" if ctx["gallery_name"] else " (this run's own photos)")
+    gallery: PlaceMix | None = ctx.gallery_mix
+    gname = "the gallery" + (f" ({esc(ctx.gallery_name)})" if ctx.gallery_name else " (this run's own photos)")
     hists = "".join(histogram_svg(stats, s) for s in SOURCES if stats.candidates(s))
     return (
         "<section id=data><h2>Data</h2>"
@@ -305,12 +306,12 @@ def data_section(ctx: dict[str, Any], land: str) -> str:
     )
 
 
-def overview_body(ctx: dict[str, Any], land: str) -> str:
-    sampled = len(ctx["records"])
+def overview_body(ctx: ReportContext, land: str) -> str:
+    sampled = len(ctx.records)
     browse = (f'<p class=browse><a href=queries.html>Browse {fmt_int(sampled)} sampled queries with their candidates ›</a></p>'
               if sampled else "")
     return (
-        f"<h1>{esc(ctx['run_name'])}</h1>{run_header(ctx)}{tiles(ctx)}{browse}"
+        f"<h1>{esc(ctx.run_name)}</h1>{run_header(ctx)}{tiles(ctx)}{browse}"
         f"<section id=run><h2>Run</h2><div class=card>{stage_table(ctx)}{config_block(ctx)}</div></section>"
         f"{data_section(ctx, land)}"
     )
