@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
     @app.command("report")
     def report_cmd(
         run: Path = typer.Argument(..., help="Run folder (as given to geobuild run --out)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the site (default: RUN/report); an older report there is replaced."),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="Where to write the site (default: RUN/report); an older report there is replaced."
+        ),
         queries: int = typer.Option(200, "--queries", min=0, help="How many queries to sample for the query browser."),
         seed: int = typer.Option(0, "--seed", help="Seed of the query sample."),
     ) -> None:

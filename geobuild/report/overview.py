@@ -106,7 +106,8 @@ def stage_table(ctx: ReportContext) -> str:
             )
             rows.append(
                 f'<tr class=reject data-stage="{esc(r.stage)}" data-reason="{esc(reason)}"><td></td><td colspan=7>'
-                f'<details{" open" if few else ""}><summary><b>{esc(reason)}</b>: <span class=count>{fmt_int(count)}</span> sample(s)</summary><ul>{examples}</ul></details></td></tr>'
+                f'<details{" open" if few else ""}><summary><b>{esc(reason)}</b>: <span class=count>{fmt_int(count)}</span> sample(s)'
+                f"</summary><ul>{examples}</ul></details></td></tr>"
             )
     return (
         '<table class="stages"><thead><tr>' + "".join(f"<th{' class=n' if k > 1 else ''}>{h}</th>" for k, h in enumerate(head))
@@ -235,7 +236,8 @@ def histogram_svg(stats: DataStats, source: str) -> str:
     ymax = max(int(hist.counts.max()), 1)
     y = lambda c: h - pad_b - (c / ymax) * (h - pad_b - pad_t)  # noqa: E731
     bars = "".join(
-        f'<rect x="{x(a):.1f}" y="{y(c):.1f}" width="{max(x(b) - x(a) - 0.6, 0.5):.1f}" height="{h - pad_b - y(c):.1f}"><title>{a:.3g}–{b:.3g} km: {c}</title></rect>'
+        f'<rect x="{x(a):.1f}" y="{y(c):.1f}" width="{max(x(b) - x(a) - 0.6, 0.5):.1f}" height="{h - pad_b - y(c):.1f}">'
+        f"<title>{a:.3g}–{b:.3g} km: {c}</title></rect>"
         for a, b, c in zip(DIST_BINS_KM[:-1], DIST_BINS_KM[1:], hist.counts) if c
     )
     ticks = "".join(
@@ -271,7 +273,8 @@ def mix_table(title: str, queries: PlaceMix, gallery: PlaceMix | None, attr: str
     scale = max([cnt.get(k, 0) / n for _, cnt, n in cols if n for k in shown] or [1.0]) or 1.0
     rows = []
     for name in shown:
-        vals = [(c, (cnt.get(name, 0) / n) if n else 0.0, f"{fmt_int(cnt.get(name, 0))} · {pct(cnt.get(name, 0) / n) if n else '–'}") for c, cnt, n in cols]
+        vals = [(c, cnt.get(name, 0) / n if n else 0.0, f"{fmt_int(cnt.get(name, 0))} · {pct(cnt.get(name, 0) / n) if n else '–'}")
+                for c, cnt, n in cols]
         cls = " class=none" if name == NO_COUNTRY else ""
         rows.append(f"<tr{cls}><th>{esc(name)}</th>{_bars(vals, scale)}</tr>")
     if rest:
