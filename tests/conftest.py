@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from sample_run import sample_run  # noqa: F401 - the shared real-sample run fixture
+
 REPO = Path(__file__).resolve().parent.parent
 
 

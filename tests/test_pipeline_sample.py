@@ -1,44 +1,21 @@
 """`geobuild run pipelines/sample.yaml` end to end on real IM2GPS3K photos (a 300-row slice of the
-metadata, so every stage runs in a few minutes on a laptop; `make sample` runs all 3000)."""
+metadata, so every stage runs in a few minutes on a laptop; `make sample` runs all 3000). The run is
+the session's ``sample_run`` fixture (tests/sample_run.py), which the report test reads too."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from georanker_reads import check_georanker_row
-
-REPO = Path(__file__).resolve().parent.parent
+from sample_run import geobuild
 
 pytestmark = pytest.mark.slow
 
 
-def geobuild(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "geobuild", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-
-
-def test_sample_pipeline_end_to_end(shared, tmp_path):
-    rows = 300
-    src = shared / "data" / "im2gps3k" / "im2gps3k_places365.csv"
-    subset = tmp_path / "im2gps3k_300.csv"
-    with open(src, newline="") as f, open(subset, "w", newline="") as g:
-        reader = csv.reader(f)
-        writer = csv.writer(g)
-        for i, row in enumerate(reader):
-            if i > rows:
-                break
-            writer.writerow(row)
-    env = {**os.environ, "GEOBUILD_SHARED": str(shared), "GEOBUILD_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
-    out = tmp_path / "run"
-    args = ["run", "pipelines/sample.yaml", "--out", str(out), "--set", f"shard.metadata={subset}", "--set", "shard.samples_per_shard=100"]
-    r = geobuild(*args, env=env)
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_sample_pipeline_end_to_end(sample_run, tmp_path):
+    out, subset, rows, env = sample_run.out, sample_run.subset, sample_run.rows, sample_run.env
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"]
     st = {s["stage"]: s for s in summary["stages"]}
@@ -85,7 +62,7 @@ def test_sample_pipeline_end_to_end(shared, tmp_path):
     assert near_and_far == 0  # distance-band points (they leak the true location) are off by default
 
     # a rerun does nothing but report
-    r = geobuild(*args, env=env)
+    r = geobuild(*sample_run.args, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     again = json.loads((out / "summary.json").read_text())
     assert all(s["done"] == 0 and s["skipped"] == s["units"] for s in again["stages"])

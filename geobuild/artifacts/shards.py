@@ -111,3 +111,19 @@ def write_sizes(shards_dir: str | Path, sizes: dict[str, int] | None = None) -> 
     with atomic_path(shards_dir / "sizes.json") as tmp:
         tmp.write_text(json.dumps(sizes, indent=2, sort_keys=True) + "\n")
     return sizes
+
+
+def read_samples(path: str | Path, keys: set[str], ext: str = "jpg") -> Iterator[tuple[str, bytes]]:
+    """Yield ``(key, bytes)`` of the ``<key>.<ext>`` members of a shard whose key is in ``keys``.
+
+    The tar is opened for random access: only the member headers are read and the data of the
+    other samples is skipped by seeking, so a few photos come out of a large shard cheaply.
+    """
+    with tarfile.open(path, "r:") as tar:
+        for member in tar:
+            base = member.name.rsplit("/", 1)[-1]
+            key, _, e = base.partition(".")
+            if e == ext and key in keys and member.isfile():
+                f = tar.extractfile(member)
+                if f is not None:
+                    yield key, f.read()

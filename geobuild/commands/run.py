@@ -34,6 +34,7 @@ def register(app: typer.Typer) -> None:
         gallery: Optional[Path] = typer.Option(
             None, "--gallery", help="A finished gallery run folder, available to the pipeline as ${GALLERY}."
         ),
+        no_report: bool = typer.Option(False, "--no-report", help="Do not write the browsable report (RUN/report) at the end."),
     ) -> None:
         """Run a whole pipeline from one YAML file; prints a summary and saves RUN/summary.json."""
         from ..core.executors import make_executor
@@ -76,6 +77,20 @@ def register(app: typer.Typer) -> None:
             if result is None:
                 _print_saved_summary(run, t0)
         render_summary(result)
+        if not no_report:
+            _write_report(run)
+
+
+def _write_report(run) -> None:
+    """RUN/report, as ``geobuild report RUN`` writes it; a failure says how to retry it alone."""
+    from ..core.errors import GeobuildError
+    from ..report import build_report
+
+    try:
+        res = build_report(run)
+    except GeobuildError as exc:
+        raise GeobuildError(f"the run finished but its report was not written: {exc}; retry with: geobuild report {run.root}") from None
+    typer.echo(f"report: {res.out / 'index.html'}", err=True)
 
 
 def _print_saved_summary(run, since: float) -> None:

