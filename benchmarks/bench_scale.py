@@ -85,7 +85,7 @@ def measure(n: int, work: Path, workers: int, effnet_upto: int, per_shard: int) 
     stages: dict[str, dict[str, Any]] = {}
     for stage in STAGES:
         cmd = [sys.executable, "-m", "geobuild", "run", str(REPO / "pipelines" / "mp16pro.yaml"), "--out", str(run),
-               "--from", stage, "--until", stage, "--workers", str(workers),
+               "--from", stage, "--until", stage, "--workers", str(workers), "--no-report",
                "--set", f"shard.samples_per_shard={per_shard}"]
         proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], cwd=work, env=env, capture_output=True, text=True)
         last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"

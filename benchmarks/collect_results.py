@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ["shard", "embed", "index_distances", "mine", "publish", "pipeline", "ranker_15ep", "ranker_consensus", "vlm_ranker"]
+ORDER = ["shard", "embed", "index_distances", "mine", "gallery_1m", "publish", "pipeline", "scale", "report",
+         "ranker_protocol", "ranker_15ep", "ranker_consensus", "vlm_ranker"]
 
 HEADER = """# Benchmark results
 

@@ -42,6 +42,7 @@ def steps(run: str) -> list[tuple[str, list[str]]]:
         ("mine", ["benchmarks.bench_mine", "--run", run]),
         ("mine_recall", ["benchmarks.mine_recall", "--run", run]),
         ("publish", ["benchmarks.bench_publish", "--run", run]),
+        ("report", ["benchmarks.bench_report", "--run", run]),
         ("executors", ["benchmarks.bench_executors"]),
         ("vlm_ranker", ["benchmarks.bench_vlm_ranker"]),
         ("ranker", ["benchmarks.ranker_im2gps3k"]),
