@@ -60,18 +60,19 @@ def repair_command(run: RunFolder, stage: str) -> str:
     except (OSError, yaml.YAMLError):
         source = None
     if source:
-        return f"geobuild run {source} --out {run.root}"
+        return f"geobuild run {source} --out {run.root} (with the --set options it was run with)"
     cmd = "publish" if stage == "publish_upload" else stage
     flag = "--out" if stage == "shard" else "--run"
     return f"geobuild {cmd} {flag} {run.root} (with the options it was run with)"
 
 
-def verify_run(run: RunFolder, deep: bool = False) -> list[Finding]:
-    """Every check of the run folder; problems have ``ok`` False."""
+def verify_run(run: RunFolder, deep: bool = False, classes: dict[str, type] | None = None) -> list[Finding]:
+    """Every check of the run folder; problems have ``ok`` False. ``classes``: stage classes by
+    name, for stages outside geobuild's own (whose accounting is known)."""
     out: list[Finding] = []
     for stage in stage_names(run):
         out += list(check_markers(run, stage, deep))
-        out += list(check_accounting(run, stage))
+        out += list(check_accounting(run, stage, (classes or {}).get(stage)))
     out += list(check_schemas(run))
     out += list(check_tars(run))
     out += list(check_temporaries(run))
@@ -130,12 +131,13 @@ def _ledger_counts(run: RunFolder, stage: str, unit: str) -> tuple[int, int] | N
     return len(status), sum(1 for s in status if s == OK)
 
 
-def check_accounting(run: RunFolder, stage: str) -> Iterator[Finding]:
+def check_accounting(run: RunFolder, stage: str, cls: type | None = None) -> Iterator[Finding]:
     """inputs = outputs + rejected per unit, the ledger agrees, and inputs = the upstream unit's outputs."""
     try:
-        acc = stage_classes(stage)[0].accounting if stage in STAGES else None
+        cls = cls or (stage_classes(stage)[0] if stage in STAGES else None)
     except Exception:  # noqa: BLE001 - a stage this installation lacks: nothing to account
-        acc = None
+        cls = None
+    acc = getattr(cls, "accounting", None)
     if acc is None:
         return
     fix = repair_command(run, stage)
