@@ -32,12 +32,11 @@ import yaml
 
 from ..core.errors import GeobuildError
 from ..core.runfolder import plain
+from ..core.shareable import REDACTED, SECRET_RE, redact  # noqa: F401 - part of this module's API
 from ..core.stage import Stage
 from ..stages import STAGES
 
 #: stage name -> "module:StageClass:ConfigClass", in pipeline order
-
-from ..core.shareable import REDACTED, SECRET_RE, redact  # noqa: F401 - part of this module's API
 
 _TOP_KEYS = {"name", "description", "stages"}
 
