@@ -134,9 +134,9 @@ class RunFolder:
             old = dict(old)
             known = self._inputs().get(section, {})
             for key, path in inputs.items():
-                if key in old and old[key] != new.get(key) and path is not None:
+                if isinstance(old.get(key), str) and old[key] != new.get(key) and path is not None:
                     rec = known.get(key) or {}
-                    was = rec.get("id") if rec.get("path") == old[key] else content_id(old[key])
+                    was = rec.get("id") if rec.get("path") == old[key] else content_id(in_run(self, old[key]))
                     if was is not None and was == content_id(path):
                         old[key] = new.get(key)
             if old == new:
@@ -162,7 +162,8 @@ class RunFolder:
             if path is None:
                 continue
             rec = known.get(key)
-            fresh[key] = rec if rec and rec.get("path") == path else {"path": path, "id": content_id(path)}
+            name = relative_paths(path, self.root)
+            fresh[key] = rec if rec and rec.get("path") == name else {"path": name, "id": content_id(path)}
         if fresh != known:
             doc[section] = fresh
             self.write_json(self.path(INPUTS_FILE), doc)
@@ -224,12 +225,14 @@ def in_run(run: "RunFolder", value: str | None) -> str | None:
     return value if os.path.isabs(value) else str(run.root / value)
 
 
-def content_id(path: str | os.PathLike) -> str | None:
+def content_id(path: str | os.PathLike | None) -> str | None:
     """What identifies an input whatever its path: a file's size and xxHash3 of its bytes (head and
     tail 4 MiB for files over 64 MiB: a zip's or tar's index lives at its end); a folder's sorted
     relative names and sizes. None for a path that does not exist."""
     import xxhash
 
+    if not path:
+        return None
     p = Path(path).expanduser()
     h = xxhash.xxh3_128()
     if p.is_file():
