@@ -104,6 +104,8 @@ def test_missing_or_resized_output_is_redone_with_one_log_line(tmp_path, caplog)
     assert lines == ["write: redoing unit 00000: out/dir/b.txt has 12 bytes, 2 recorded",
                      "write: redoing unit 00001: out/00001.txt is missing"]
     assert run.path("out", "dir", "b.txt").read_text() == "bb"
+    run.marker_path("write", "00002").write_text('{"unit": "000')  # damaged marker: redone
+    assert run_stage(WriteStage(), run).done == ["00002"]
     # same bytes again: the downstream units are not stale
     assert run_stage(ReadStage(), run).done == []
 

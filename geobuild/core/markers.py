@@ -95,8 +95,8 @@ class Marker:
 
 
 def read_marker(run: RunFolder, stage: str, unit: str) -> Marker | None:
-    """The marker of ``stage``/``unit``; None when there is none. A marker that does not parse is
-    treated like an old one (done, unchecked) by the runner; :func:`marker_problem` reports it."""
+    """The marker of ``stage``/``unit``; None when there is none. One that does not parse reads
+    as having no outputs; :func:`marker_problem` says what is wrong with it."""
     path = run.marker_path(stage, unit)
     try:
         text = path.read_text()

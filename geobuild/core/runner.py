@@ -9,7 +9,7 @@ from typing import Any
 from .errors import GeobuildError
 from .executors import LocalExecutor
 from .log import get_logger
-from .markers import read_marker, stale_input, unit_problem
+from .markers import marker_problem, read_marker, stale_input, unit_problem
 from .runfolder import RunFolder, atomic_path, remove_stale_temps
 from .stage import Stage, StageSummary
 
@@ -42,15 +42,15 @@ def remove_temporaries(stage: Stage, run: RunFolder) -> None:
 
 
 def recheck_done(stage: Stage, run: RunFolder, units: list[str]) -> list[str]:
-    """Units whose marker no longer holds: a recorded output is missing or has another size, or
-    an earlier unit it was made from was redone with other bytes. Their markers are removed (one
+    """Units whose marker no longer holds: it is unreadable, a recorded output is missing or has
+    another size, or an earlier unit it was made from was redone with other bytes. Their markers are removed (one
     log line each), so they are redone. Old-style markers (no outputs recorded) are trusted."""
     redo = []
     for u in units:
         marker = read_marker(run, stage.name, u)
         if marker is None:
             continue
-        why = unit_problem(run, marker)
+        why = marker_problem(run, stage.name, u) or unit_problem(run, marker)
         if why is None:
             changed = stale_input(run, marker)
             why = f"its input {changed} was redone with other bytes" if changed else None
