@@ -235,3 +235,25 @@ def test_shareable_config_has_no_local_path_secret_or_timing():
     out = shareable(cfg)
     assert out == {"shard": {"images": "im2gps3ktest.zip", "metadata": "meta.csv", "format": "im2gps3k"},
                    "publish": {"to": "publish", "hf_token": "<redacted>"}}
+
+
+def test_verify_reports_another_schema_version_and_an_unreadable_tar(tmp_path):
+    import pyarrow.parquet as pq
+
+    from geobuild.artifacts.shards import ShardWriter
+    from geobuild.core.schemas import META_VERSION, arrow_schema
+
+    run = RunFolder(tmp_path / "run")
+    _both(run)
+    schema = arrow_schema("candidates")
+    run.path("candidates").mkdir()
+    pq.write_table(schema.empty_table(), run.path("candidates", "00000.parquet"))
+    pq.write_table(schema.with_metadata({**schema.metadata, META_VERSION: b"99"}).empty_table(), run.path("candidates", "00001.parquet"))
+    with ShardWriter(run.shard_path("00000")) as w:
+        w.write("k1", {"jpg": b"\xff" * 5000, "json": b"{}"})
+    bad = [(f.stage, f.check, f.target) for f in verify_run(run) if not f.ok]
+    assert bad == [("mine", "schema", "candidates/00001.parquet")]
+    with open(run.shard_path("00000"), "r+b") as f:
+        f.truncate(3000)
+    bad = [(f.stage, f.check, f.target) for f in verify_run(run) if not f.ok]
+    assert bad == [("mine", "schema", "candidates/00001.parquet"), ("shard", "tar", "shards/00000.tar")]

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import yaml
 
 from ..core import schemas
-from ..core.ledger import OK, LEDGER_SCHEMA
+from ..core.ledger import OK
 from ..core.markers import HASH, marker_problem, read_marker, resolve_record, stale_input, unit_problem
 from ..core.runfolder import TMP_MARK, RunFolder
 from ..stages import STAGES
@@ -52,18 +52,18 @@ def stage_names(run: RunFolder) -> list[str]:
     return sorted(have, key=lambda s: (order.index(s) if s in order else len(order), s))
 
 
-def repair_command(run: RunFolder, stage: str) -> str:
+def repair_command(run: RunFolder, stage: str, flags: str = "") -> str:
     """The command that redoes what no longer holds in ``stage``: the pipeline the run was made
-    with, or the stage's own command with the options it was run with."""
+    with, or the stage's own command with the options it was run with (plus ``flags``)."""
     try:
         source = (yaml.safe_load(run.path("pipeline.yaml").read_text()) or {}).get("source")
     except (OSError, yaml.YAMLError):
         source = None
     if source:
-        return f"geobuild run {source} --out {run.root} (with the --set options it was run with)"
+        return f"geobuild run {source} --out {run.root}{flags} (with the --set options it was run with)"
     cmd = "publish" if stage == "publish_upload" else stage
     flag = "--out" if stage == "shard" else "--run"
-    return f"geobuild {cmd} {flag} {run.root} (with the options it was run with)"
+    return f"geobuild {cmd} {flag} {run.root}{flags} (with the options it was run with)"
 
 
 def verify_run(run: RunFolder, deep: bool = False, classes: dict[str, type] | None = None) -> list[Finding]:
@@ -231,8 +231,6 @@ def check_schemas(run: RunFolder) -> Iterator[Finding]:
             name = meta.get(schemas.META_NAME, b"").decode()
             if not name:
                 continue  # published tables follow the Hub's layout, not a geobuild schema
-            if name == LEDGER_SCHEMA.metadata[schemas.META_NAME].decode() and "/ledger/" not in f"/{rel}":
-                continue
             n += 1
             try:
                 want = str(schemas.load(name)["version"])
@@ -241,13 +239,13 @@ def check_schemas(run: RunFolder) -> Iterator[Finding]:
             got = meta.get(schemas.META_VERSION, b"").decode()
             if want != got:
                 yield Finding(stage, "schema", rel, False, f"schema {name} v{got}, this geobuild writes v{want}",
-                              f"{repair_command(run, stage)} --overwrite")
+                              repair_command(run, stage, " --overwrite"))
         elif rel in JSON_FILES:
             n += 1
             try:
                 schemas.check_json(json.loads(path.read_text()), JSON_FILES[rel], rel)
             except Exception as exc:  # noqa: BLE001 - unreadable or another version
-                yield Finding(stage, "schema", rel, False, str(exc), f"{repair_command(run, stage)} --overwrite")
+                yield Finding(stage, "schema", rel, False, str(exc), repair_command(run, stage, " --overwrite"))
     yield Finding("*", "schema", "*.parquet, *.json", True, f"{n} files of known schemas")
 
 
