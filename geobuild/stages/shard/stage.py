@@ -179,12 +179,15 @@ class ShardStage(Stage):
         return self.cfg.format != "exif" and is_tar_input(Path(self.cfg.images))
 
     def _input_signature(self) -> dict[str, Any]:
-        """What the plan is made from: the config, with the inputs named by their content, not
-        their path (a moved run or input keeps its plan)."""
+        """What the plan is made from: the config, with input files named by their content and
+        folders by their size and mtime, not by their path (a moved run or input keeps its plan)."""
         config = asdict(self.cfg)
         for what in ("metadata", "images"):
-            if config[what]:
-                config[what] = content_id(config[what]) or config[what]
+            p = Path(config[what]) if config[what] else None
+            if p is not None and p.is_file():
+                config[what] = content_id(p)
+            elif p is not None and p.exists():
+                config[what] = [p.stat().st_size, p.stat().st_mtime_ns]
         return {"version": PLAN_VERSION, "config": config}
 
     def ensure_plan(self, run: RunFolder) -> Path:
