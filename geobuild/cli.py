@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("shard", "embed", "index", "mine", "distances", "export", "publish", "train_ranker", "eval", "run", "report")
+COMMAND_MODULES = ("shard", "embed", "index", "mine", "distances", "export", "publish", "train_ranker", "eval", "run", "report", "verify")
 
 
 @app.callback()

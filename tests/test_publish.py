@@ -239,8 +239,15 @@ def test_validation_failure_uploads_nothing(tmp_path):
 
 
 def test_row_counts_that_disagree_fail_validation_and_upload_nothing(tmp_path):
-    """Checksums pass (manifest regenerated) but the rows do not: validation names the config, nothing is uploaded."""
+    """Checksums pass (manifest regenerated) but the rows do not: validation names the config, nothing is uploaded.
+    The altered files are recorded in the publish marker, as if the stage had written them (a changed
+    staged file is otherwise noticed by the marker check and staged again from the run)."""
+    from geobuild.core.markers import read_marker, output_records, write_marker
     from geobuild.stages.publish.manifest import read_manifest, write_manifest
+
+    def as_if_staged() -> None:
+        m = read_marker(run, "publish", "dataset")
+        write_marker(run, "publish", "dataset", output_records(run, [folder]), m.inputs)
 
     run = make_run(tmp_path / "run", per_shard=6, drop_distance=False, missing_photo=False)
     args = ["--run", str(run.root), "--to", str(tmp_path / "out"), "--no-images"]
@@ -263,6 +270,7 @@ def test_row_counts_that_disagree_fail_validation_and_upload_nothing(tmp_path):
 
     # 1. the manifest claims one train row more than the files hold (files, card and datasets agree)
     write_manifest(folder, {**rows, "candidates": {**rows["candidates"], "train": n_train + 1}})
+    as_if_staged()
     loaded = {s: n for s, n in rows["candidates"].items() if n > 0}
     rejected(f"dataset/candidates: datasets loads {loaded} rows, manifest says {({**loaded, 'train': n_train + 1})}")
     # 2. a staged Parquet file lost a row: datasets refuses the split sizes the card declares
@@ -270,6 +278,7 @@ def test_row_counts_that_disagree_fail_validation_and_upload_nothing(tmp_path):
     t = pq.read_table(victim)
     pq.write_table(t.slice(0, t.num_rows - 1), victim)
     write_manifest(folder, rows)
+    as_if_staged()
     rejected("config 'candidates' does not load", "NonMatchingSplitsSizesError")
 
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.errors import GeobuildError
-from ..core.runfolder import TMP_MARK, RunFolder
+from ..core.runfolder import TMP_MARK, RunFolder, in_run
 from ..core.schemas import check
 
 SCHEMA = "candidates"
@@ -30,7 +30,7 @@ def recorded_gallery(run: RunFolder) -> str | None:
     """The gallery run the candidates were mined against (``mine.gallery`` in config.yaml), or None
     when the run was mined against its own index."""
     g = (run.read_config().get("mine") or {}).get("gallery")
-    return g if isinstance(g, str) and g else None
+    return in_run(run, g) if isinstance(g, str) and g else None
 
 
 def redo_hint(run: RunFolder, unit: str) -> str:

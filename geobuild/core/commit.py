@@ -1,19 +1,22 @@
 """Commit one unit: its outputs are in place (written atomically by ``process``), then the ledger,
-the stats JSON and, last, the completion marker. A unit killed half-way leaves no marker, so a
-relaunch redoes it."""
+the stats JSON and, last, the completion marker, which records every output (path, size, content
+hash) and the earlier units it was made from (see :mod:`geobuild.core.markers`). A unit killed
+half-way leaves no marker, so a relaunch redoes it."""
 
 from __future__ import annotations
 
-import json
 import time
+from pathlib import Path
 from typing import Any
 
 from .ledger import write_ledger
-from .runfolder import RunFolder, atomic_path
+from .markers import input_digests, output_records, write_marker
+from .runfolder import RunFolder, recording_writes
 from .stage import Stage, UnitResult
 
 
-def commit_unit(stage: Stage, run: RunFolder, unit: str, result: UnitResult, seconds: float) -> dict[str, Any]:
+def commit_unit(stage: Stage, run: RunFolder, unit: str, result: UnitResult, seconds: float,
+                outputs: list[Path] | None = None) -> dict[str, Any]:
     """Write the ledger rows, stats and marker of a processed unit; return its stats."""
     if result.ledger is not None:
         write_ledger(run.ledger_path(stage.name, unit), result.ledger)
@@ -22,13 +25,13 @@ def commit_unit(stage: Stage, run: RunFolder, unit: str, result: UnitResult, sec
     stats.setdefault("stage", stage.name)
     stats["seconds"] = round(seconds, 3)
     run.write_json(run.stats_path(stage.name, unit), stats)
-    with atomic_path(run.marker_path(stage.name, unit)) as tmp:
-        tmp.write_text(json.dumps({"unit": unit, "finished": time.time()}) + "\n")
+    write_marker(run, stage.name, unit, output_records(run, outputs or []), input_digests(run, stage.depends_on(run, unit)))
     return stats
 
 
 def execute_unit(stage: Stage, run: RunFolder, unit: str) -> dict[str, Any]:
-    """Process one unit and commit it."""
+    """Process one unit (recording the files it writes) and commit it."""
     t0 = time.time()
-    result = stage.process(run, unit)
-    return commit_unit(stage, run, unit, result, time.time() - t0)
+    with recording_writes() as written:
+        result = stage.process(run, unit)
+    return commit_unit(stage, run, unit, result, time.time() - t0, written)

@@ -9,7 +9,8 @@ from typing import Any
 from .errors import GeobuildError
 from .executors import LocalExecutor
 from .log import get_logger
-from .runfolder import RunFolder, atomic_path
+from .markers import marker_problem, read_marker, stale_input, unit_problem
+from .runfolder import RunFolder, atomic_path, remove_stale_temps
 from .stage import Stage, StageSummary
 
 log = get_logger("stage")
@@ -32,6 +33,34 @@ def _record_failure(run: RunFolder, stage: str, unit: str, exc: BaseException) -
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def remove_temporaries(stage: Stage, run: RunFolder) -> None:
+    """Delete what killed writers left (``*.tmp-<pid>-<rand>`` files and folders) in the run
+    folder and the stage's other output folders (:meth:`Stage.output_folders`)."""
+    n = sum(remove_stale_temps(d) for d in [run.root, *stage.output_folders(run)])
+    if n:
+        log.info("%s: removed %d temporary file(s) or folder(s) left by an interrupted run", stage.name, n)
+
+
+def recheck_done(stage: Stage, run: RunFolder, units: list[str]) -> list[str]:
+    """Units whose marker no longer holds: it is unreadable, a recorded output is missing or has
+    another size, or an earlier unit it was made from was redone with other bytes. Their markers are removed (one
+    log line each), so they are redone. Old-style markers (no outputs recorded) are trusted."""
+    redo = []
+    for u in units:
+        marker = read_marker(run, stage.name, u)
+        if marker is None:
+            continue
+        why = marker_problem(run, stage.name, u) or unit_problem(run, marker)
+        if why is None:
+            changed = stale_input(run, marker)
+            why = f"its input {changed} was redone with other bytes" if changed else None
+        if why:
+            log.warning("%s: redoing unit %s: %s", stage.name, u, why)
+            run.unmark(stage.name, u)
+            redo.append(u)
+    return redo
+
+
 def run_stage(
     stage: Stage,
     run: RunFolder,
@@ -46,18 +75,21 @@ def run_stage(
 
     The order is the same for every caller: ``preflight`` -> ``check_inputs`` (both skipped when
     the caller ran them: ``checked``) -> record the configuration (a changed
-    one is refused unless ``overwrite``; a reset calls ``on_reset``) -> ``prepare`` -> the units
-    not done -> ``finalize`` -> ``after``.
+    one is refused unless ``overwrite``; a reset calls ``on_reset``) -> remove temporaries ->
+    ``prepare`` -> recheck the markers (:func:`recheck_done`) -> the units not done ->
+    ``finalize`` -> ``after``.
     """
     executor = executor or LocalExecutor(workers=1)
     t0 = time.time()
     if not checked:
         stage.preflight(run, overwrite=overwrite)
         stage.check_inputs(run, overwrite=overwrite)
-    if record_config and run.check_config(stage.name, stage.config(), overwrite=overwrite):
+    if record_config and run.check_config(stage.name, stage.config(), overwrite=overwrite, inputs=stage.input_paths()):
         stage.on_reset(run)
+    remove_temporaries(stage, run)
     stage.prepare(run)
     all_units = stage.units(run) if units is None else list(units)
+    recheck_done(stage, run, all_units)
     summary = StageSummary(stage=stage.name)
     todo = []
     for u in all_units:

@@ -23,6 +23,20 @@ class UnitResult:
     ledger: list[dict[str, Any]] | None = None
 
 
+@dataclass(frozen=True)
+class Accounting:
+    """How a stage's per-unit stats add up, for ``geobuild verify``: ``inputs`` = ``outputs`` +
+    ``rejected`` (stats keys; ``outputs`` lists alternatives, the first present counts;
+    ``rejected`` None: every input row is in the ledger, with status ``ok`` for the outputs), the
+    ledger holds the rejected rows, and ``inputs`` equals the ``upstream`` = (stage, stats key) of
+    the same unit when given."""
+
+    inputs: str
+    outputs: tuple[str, ...]
+    rejected: str | None
+    upstream: tuple[str, str] | None = None
+
+
 @dataclass
 class StageSummary:
     """What one run of a stage did: units done now, skipped (done before), failed (with a message)."""
@@ -39,6 +53,8 @@ class Stage:
     """Base class for stages. Subclasses are picklable dataclasses holding their config as ``cfg``."""
 
     name: ClassVar[str] = "stage"
+    #: how the unit stats add up (``geobuild verify``); None: not checked
+    accounting: ClassVar[Accounting | None] = None
 
     @property
     def resources(self) -> dict[str, float]:
@@ -54,6 +70,22 @@ class Stage:
     def process(self, run: RunFolder, unit: str) -> UnitResult:
         """Do one unit: write its outputs atomically and return its stats and ledger rows."""
         raise NotImplementedError
+
+    def depends_on(self, run: RunFolder, unit: str) -> list[tuple[str, str]]:
+        """The ``(stage, unit)`` pairs of earlier stages of this run whose outputs ``unit`` reads.
+        Their output digests go into the marker; when one of them is redone with other bytes,
+        ``unit`` is stale and is redone too. Default: none."""
+        return []
+
+    def output_folders(self, run: RunFolder) -> list:
+        """Folders outside the run folder this stage writes (their stale temporaries are removed
+        before it runs). Default: none."""
+        return []
+
+    def input_paths(self) -> dict[str, str | None]:
+        """Keys of the recorded configuration that name files or folders from outside the run
+        (-> their paths). A moved or copied input with the same content is no configuration change."""
+        return {}
 
     def config(self) -> Any:
         """The configuration recorded in the run's config.yaml under this stage's name: the config's

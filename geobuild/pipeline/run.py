@@ -10,7 +10,7 @@ import yaml
 
 from ..core.errors import GeobuildError
 from ..core.log import get_logger
-from ..core.runfolder import RunFolder, atomic_path, changed_keys, plain, remove_stale_temps
+from ..core.runfolder import RunFolder, atomic_path, plain, remove_stale_temps
 from ..core.runner import run_stage
 from .report import PipelineResult, StageReport, fill_report
 from .spec import Pipeline, StageSpec, redact
@@ -23,13 +23,10 @@ def check_configs(run: RunFolder, pipeline: Pipeline, stages: list[tuple[StageSp
 
     Every stage after a changed one depends on its outputs, so its markers are removed too.
     """
-    recorded = run.read_config()
     changed: list[str] = []
     for spec, stage in stages:
-        old = recorded.get(spec.name)
-        new = plain(redact(plain(stage.config())))
-        if old is not None and old != new:
-            keys = changed_keys(old, new)
+        keys = run.config_changes(spec.name, run.recordable(redact(plain(stage.config()))), stage.input_paths())
+        if keys is not None:
             changed.append(f"{spec.name}" + (f" ({', '.join(keys)})" if keys else ""))
     if not changed:
         return
@@ -91,7 +88,7 @@ def run_pipeline(
             stage.preflight(run, overwrite=overwrite)
         for (spec, stage), rep in zip(built, reports):
             stage.check_inputs(run, overwrite=overwrite)  # a missing input is its own error, not a failed unit
-            run.check_config(spec.name, redact(plain(stage.config())), overwrite=True)
+            run.check_config(spec.name, redact(plain(stage.config())), overwrite=True, inputs=stage.input_paths())
             log.info("stage %s", spec.name)
             rep.status = "running"
             t1 = time.time()

@@ -32,14 +32,11 @@ import yaml
 
 from ..core.errors import GeobuildError
 from ..core.runfolder import plain
+from ..core.shareable import REDACTED, SECRET_RE, redact  # noqa: F401 - part of this module's API
 from ..core.stage import Stage
 from ..stages import STAGES
 
 #: stage name -> "module:StageClass:ConfigClass", in pipeline order
-
-#: parameter names whose values never reach config.yaml, pipeline.yaml or the summary
-SECRET_RE = re.compile(r"(token|secret|password|passwd|api_?key|credential)", re.IGNORECASE)
-REDACTED = "<redacted>"
 
 _TOP_KEYS = {"name", "description", "stages"}
 
@@ -326,12 +323,3 @@ def _coerce(value: Any, hint: Any) -> Any:
         except ValueError:
             continue
     return value
-
-
-def redact(obj: Any) -> Any:
-    """Replace values of secret-looking keys (token, password, ...) with a placeholder."""
-    if isinstance(obj, dict):
-        return {k: (REDACTED if SECRET_RE.search(str(k)) and v not in (None, "") else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj

@@ -22,7 +22,7 @@ from ...geo.geodesic import METHODS, distance_km, pairwise_km
 from ...core.ledger import reject
 from ...core.log import get_logger
 from ...core.runfolder import RunFolder, atomic_path, remove_leftovers
-from ...core.stage import Stage, UnitResult
+from ...core.stage import Accounting, Stage, UnitResult
 from ...artifacts.candidates import candidates_path, open_candidates, redo_hint
 
 log = get_logger("distances")
@@ -56,6 +56,7 @@ class DistancesStage(Stage):
 
     cfg: DistancesConfig = field(default_factory=DistancesConfig)
     name: ClassVar[str] = "distances"
+    accounting: ClassVar[Accounting] = Accounting("input", ("rows",), "rejected", upstream=("mine", "mined"))
 
     def __post_init__(self) -> None:
         if self.cfg.method not in METHODS:
@@ -63,6 +64,9 @@ class DistancesStage(Stage):
 
     def units(self, run: RunFolder) -> list[str]:
         return run.done_units("mine")
+
+    def depends_on(self, run: RunFolder, unit: str) -> list[tuple[str, str]]:
+        return [("mine", unit)]
 
     def process(self, run: RunFolder, unit: str) -> UnitResult:
         return compute_unit(run, unit, self.cfg)

@@ -17,7 +17,7 @@ from ...core.log import get_logger
 from ...core.runfolder import RunFolder
 from ...artifacts.embeddings import embeddings_dir, model_info_path, read_model_info
 from ...core.runfolder import remove_stale_temps
-from ...core.stage import Stage, UnitResult, device_resources
+from ...core.stage import Accounting, Stage, UnitResult, device_resources
 from ...encoders import load_encoder
 from .config import EmbedConfig
 
@@ -29,6 +29,7 @@ class EmbedStage(Stage):
 
     cfg: EmbedConfig
     name = "embed"
+    accounting = Accounting("samples", ("embedded",), "rejected", upstream=("shard", "samples"))
 
     # -- Stage API ----------------------------------------------------------------------------
     @property
@@ -47,6 +48,9 @@ class EmbedStage(Stage):
             raise GeobuildError(f"no finished shards in {run.shards_dir}; run geobuild shard --out {run.root} first")
         self.check_model(run)
         return units
+
+    def depends_on(self, run: RunFolder, unit: str) -> list[tuple[str, str]]:
+        return [("shard", unit)]
 
     def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
         """The model loads (on the CPU: the driver need not have the units' GPU)."""

@@ -42,8 +42,8 @@ from ...artifacts.gallery import (
 from ...geo.sphere import valid_latlon
 from ...core.ledger import reject
 from ...core.log import get_logger, progress
-from ...core.runfolder import RunFolder, atomic_path, read_json, remove_leftovers
-from ...core.stage import Stage, StageSummary, UnitResult
+from ...core.runfolder import RunFolder, atomic_path, content_id, read_json, remove_leftovers
+from ...core.stage import Accounting, Stage, StageSummary, UnitResult
 from ...retrieval.faiss_index import KINDS
 
 log = get_logger("index")
@@ -156,9 +156,17 @@ class IndexStage(Stage):
 
     cfg: IndexConfig = field(default_factory=IndexConfig)
     name: ClassVar[str] = "index"
+    accounting: ClassVar[Accounting] = Accounting("input", ("indexed", "points"), "rejected")
 
     def units(self, run: RunFolder) -> list[str]:
         return [GALLERY_UNIT] + ([] if self.cfg.gps_gallery == "none" else [GPS_UNIT])
+
+    def depends_on(self, run: RunFolder, unit: str) -> list[tuple[str, str]]:
+        return [("embed", u) for u in embedded_units(run)] if unit == GALLERY_UNIT else []
+
+    def input_paths(self) -> dict[str, str | None]:
+        g = self.cfg.gps_gallery
+        return {} if g in ("geoclip", "none") else {"gps_gallery": str(Path(g).expanduser().resolve())}
 
     def check_inputs(self, run: RunFolder, overwrite: bool = False) -> None:
         """Embeddings to index, all of one model and dimension."""
@@ -299,11 +307,11 @@ def build_gallery(run: RunFolder, cfg: IndexConfig) -> UnitResult:
         "recall_sample": 0 if kind == "flat" else min(cfg.recall_sample, n_in),
         "embedding_units": units,
         "rejected": len(ledger),
-        "build_seconds": round(time.time() - t0, 3),
         "faiss_version": faiss.__version__,
     }
     run.write_json(run.path(INDEX_DIR, INFO_FILE), info)
-    stats = {"input": n_in, "indexed": ntotal, "rejected": len(ledger), "kind": kind, "recall@10": info["recall@10"]}
+    stats = {"input": n_in, "indexed": ntotal, "rejected": len(ledger), "kind": kind, "recall@10": info["recall@10"],
+             "build_seconds": round(time.time() - t0, 3)}
     return UnitResult(stats=stats, ledger=ledger or None)
 
 
@@ -392,13 +400,13 @@ def build_gps_gallery(run: RunFolder, cfg: IndexConfig) -> UnitResult:
         pq.write_table(table("gps_gallery", {"lat": lat, "lon": lon}), tmp)
     info = {
         "schema_version": json_version("gps_info"),
-        "source": "geoclip:coordinates_100K" if source == "geoclip" else str(path.resolve()),
+        "source": "geoclip:coordinates_100K" if source == "geoclip" else f"csv:{path.name}:{content_id(path)}",
         "n": int(lat.shape[0]),
         "rejected": len(ledger),
         "encoder": "geoclip.LocationEncoder (location_encoder_weights.pth)",
         "dim": FEATURE_DIM,
         "normalized": True,
-        "encode_seconds": round(seconds, 3),
     }
     run.write_json(run.path(INDEX_DIR, GPS_INFO_FILE), info)
-    return UnitResult(stats={"input": int(lat.shape[0]) + len(ledger), "points": int(lat.shape[0]), "rejected": len(ledger)}, ledger=ledger or None)
+    return UnitResult(stats={"input": int(lat.shape[0]) + len(ledger), "points": int(lat.shape[0]), "rejected": len(ledger),
+                             "encode_seconds": round(seconds, 3)}, ledger=ledger or None)

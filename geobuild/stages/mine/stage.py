@@ -33,7 +33,7 @@ from ...geo.geocode import GEOCODED_FIELDS, GeocodeConfig, reverse_geocode
 from ...core.ledger import reject
 from ...core.log import get_logger
 from ...core.runfolder import RunFolder, atomic_path
-from ...core.stage import Stage, UnitResult
+from ...core.stage import Accounting, Stage, UnitResult
 from ...artifacts.candidates import SCHEMA, candidates_path
 from ...artifacts.embeddings import embedded_units, model_info_path, read_embeddings, read_model_info
 
@@ -236,6 +236,7 @@ class MineStage(Stage):
     cfg: MineConfig = field(default_factory=MineConfig)
     selected: list[str] | None = None
     name: ClassVar[str] = "mine"
+    accounting: ClassVar[Accounting] = Accounting("queries", ("mined",), "rejected", upstream=("embed", "embedded"))
 
     def units(self, run: RunFolder) -> list[str]:
         have = embedded_units(run)
@@ -250,6 +251,13 @@ class MineStage(Stage):
         check_models(run, self.cfg)
         if not self.units(run):
             raise GeobuildError(f"no embedded shards in {run.root}; run: geobuild embed --run {run.root}")
+
+    def depends_on(self, run: RunFolder, unit: str) -> list[tuple[str, str]]:
+        """The unit's embeddings, and the index when the gallery is this run's own."""
+        from ...artifacts.gallery import GALLERY_UNIT, GPS_UNIT
+
+        own = gallery_run(run, self.cfg).root == run.root
+        return [("embed", unit)] + ([("index", GALLERY_UNIT), ("index", GPS_UNIT)] if own else [])
 
     def process(self, run: RunFolder, unit: str) -> UnitResult:
         return mine_unit(run, unit, self.cfg)

@@ -26,6 +26,7 @@ from ...core.log import get_logger
 from .layout import DATASET_REPO, IMAGES_REPO
 from .splits import SPLITS, split_of
 from ...core.runfolder import RunFolder, atomic_path
+from ...core.shareable import shareable
 from ...core.stage import Stage, StageSummary, UnitResult
 from ...artifacts.candidates import candidate_units, recorded_gallery
 from ...artifacts.georanking import CANDIDATES, MIN_TAR_BYTES, GeorankerOptions, candidates_to_georanking
@@ -176,6 +177,17 @@ class PublishStage(Stage):
     def units(self, run: RunFolder) -> list[str]:
         return [DATASET_REPO, IMAGES_REPO] if self.cfg.images else [DATASET_REPO]
 
+    def output_folders(self, run: RunFolder) -> list[Path]:
+        return [Path(self.cfg.to)]
+
+    def depends_on(self, run: RunFolder, unit: str) -> list[tuple[str, str]]:
+        """Every mined and distances unit; the images also come from this run's shards."""
+        units = candidate_units(run)
+        deps = [(s, u) for u in units for s in ("mine", "distances")]
+        if unit == IMAGES_REPO:
+            deps += [("shard", u) for u in run.shard_units()]
+        return deps
+
     def after(self, run: RunFolder, summary: StageSummary) -> None:
         """New staged files: the upload compares them with the Hub again; staged folders must validate."""
         if summary.done:
@@ -253,7 +265,7 @@ class PublishStage(Stage):
             text = card.dataset_card(
                 configs=configs, pretty_name=cfg.pretty_name, license=cfg.license,
                 counts={s: dict(counts[s]) for s in SPLITS}, rejects=ledger_rejects(run, rejects),
-                pipeline_config=run.read_config(), validation_fraction=cfg.validation_fraction, plots=plot_files,
+                pipeline_config=card_config(run), validation_fraction=cfg.validation_fraction, plots=plot_files,
             )
             (tmp / "README.md").write_text(text, encoding="utf-8")
             rows = {name: {s: v["rows"] for s, v in splits.items()} for name, splits in written.items()}
@@ -305,6 +317,12 @@ class PublishStage(Stage):
             (tmp / "README.md").write_text(text, encoding="utf-8")
             write_manifest(tmp, {"default": counts})
         return UnitResult(stats={"photos": counts, "needed": len(needed), "rejected": len(rejects)}, ledger=rejects or None)
+
+
+def card_config(run: RunFolder) -> dict[str, Any]:
+    """The run's recorded configuration as the card shows it: the building stages only (not the
+    upload), no secret, timing or local path (input files by name)."""
+    return {k: v for k, v in shareable(run.read_config()).items() if k != UploadStage.name}
 
 
 def _distance_descriptions() -> dict[str, str]:

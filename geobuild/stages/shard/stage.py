@@ -46,11 +46,11 @@ from ...core.errors import GeobuildError
 from .images import ImageOptions, ImageReject, prepare_jpeg
 from ...core.ledger import OK, reject
 from ...core.log import get_logger
-from ...core.runfolder import RunFolder, atomic_path
+from ...core.runfolder import RunFolder, atomic_path, content_id
 from ...core.schemas import json_version
 from ...artifacts.shards import ShardWriter, json_bytes, write_sizes
 from ...core.shardspec import shard_name
-from ...core.stage import Stage, StageSummary, UnitResult
+from ...core.stage import Accounting, Stage, StageSummary, UnitResult
 from .plan import (
     BAD_LATLON,
     DUPLICATE_IMAGE,
@@ -136,12 +136,16 @@ class ShardStage(Stage):
 
     cfg: ShardConfig
     name = "shard"
+    accounting = Accounting("inputs", ("samples",), None)
     _open: Any = field(default=None, repr=False, compare=False)
 
     def __getstate__(self):
         return {"cfg": self.cfg, "_open": None}
 
     # -- the stage's rules ------------------------------------------------------------------------
+    def input_paths(self) -> dict[str, str | None]:
+        return {"images": self.cfg.images, "metadata": self.cfg.metadata}
+
     def preflight(self, run: RunFolder, overwrite: bool = False) -> None:
         """Missing photos, or a missing/unreadable CSV or unknown column, fail before anything is recorded."""
         cfg = self.cfg
@@ -175,13 +179,16 @@ class ShardStage(Stage):
         return self.cfg.format != "exif" and is_tar_input(Path(self.cfg.images))
 
     def _input_signature(self) -> dict[str, Any]:
-        sig: dict[str, Any] = {"version": PLAN_VERSION, "config": asdict(self.cfg)}
+        """What the plan is made from: the config, with input files named by their content and
+        folders by their size and mtime, not by their path (a moved run or input keeps its plan)."""
+        config = asdict(self.cfg)
         for what in ("metadata", "images"):
-            p = getattr(self.cfg, what)
-            if p and Path(p).exists():
-                st = Path(p).stat()
-                sig[what] = [st.st_size, st.st_mtime_ns]
-        return sig
+            p = Path(config[what]) if config[what] else None
+            if p is not None and p.is_file():
+                config[what] = content_id(p)
+            elif p is not None and p.exists():
+                config[what] = [p.stat().st_size, p.stat().st_mtime_ns]
+        return {"version": PLAN_VERSION, "config": config}
 
     def ensure_plan(self, run: RunFolder) -> Path:
         """Build the plan unless an identical one (same config and inputs) exists."""
