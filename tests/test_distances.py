@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +13,7 @@ from typer.testing import CliRunner
 
 from _fixtures_index import candidate_columns, write_candidates
 from geobuild.cli import app
+from killpoint import run_killed
 from geobuild.core.errors import GeobuildError
 from geobuild.geo.sphere import EARTH_RADIUS_KM
 from geobuild.geo.geodesic import geodesic_km, pairwise_km
@@ -134,30 +133,24 @@ def test_corrupt_or_missing_candidates_fail_clearly_others_finish(tmp_path):
 
 
 def test_kill_and_resume_equals_clean_run(tmp_path):
-    units = [f"{i:05d}" for i in range(8)]
-    cols = {u: candidate_columns(2500, 12, seed=i, unit=u) for i, u in enumerate(units)}
+    units = [f"{i:05d}" for i in range(6)]
+    cols = {u: candidate_columns(300, 12, seed=i, unit=u) for i, u in enumerate(units)}
     clean, killed = RunFolder(tmp_path / "clean"), RunFolder(tmp_path / "killed")
     for run in (clean, killed):
         for u in units:
             write_candidates(run, u, cols[u])
-    cmd = [sys.executable, "-m", "geobuild", "distances", "--method", "geodesic", "--batch-rows", "256", "--run"]
-    assert subprocess.run(cmd + [str(clean.root)], capture_output=True).returncode == 0
+    args = ["distances", "--method", "geodesic", "--batch-rows", "64", "--run"]
+    assert subprocess.run([sys.executable, "-m", "geobuild", *args, str(clean.root)], capture_output=True).returncode == 0
 
-    env = dict(os.environ, GEOBUILD_NO_PROGRESS="1")
-    proc = subprocess.Popen(cmd + [str(killed.root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(killed.done_units("distances")) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = killed.done_units("distances")
-    r = subprocess.run(cmd + [str(killed.root)], capture_output=True, text=True)
+    # SIGKILL once unit 00003's output is written to its temporary file, before it is renamed
+    run_killed(signal.SIGKILL, "distances/00003.parquet", 1, [*args, killed.root])
+    assert killed.done_units("distances") == units[:3]
+    assert not killed.path("distances", "00003.parquet").exists()
+    assert len(list(killed.path("distances").glob("00003.parquet.tmp-*"))) == 1
+    r = subprocess.run([sys.executable, "-m", "geobuild", *args, str(killed.root)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert "3 units done, 3 skipped" in r.stderr
     assert killed.done_units("distances") == units
-    if len(partial) < len(units):
-        assert f"{len(units) - len(partial)} units done, {len(partial)} skipped" in r.stderr
     for u in units:
         a = pq.read_table(clean.path("distances", f"{u}.parquet"))
         b = pq.read_table(killed.path("distances", f"{u}.parquet"))
