@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from _mine_fixtures import CITIES, MODEL, Photo, base_run_copy, build_run, directions, make_photos, write_embeddings
 from geobuild.cli import app
+from killpoint import run_killed
 from geobuild.geo.sphere import THRESHOLDS_KM
 from geobuild.core.runfolder import RunFolder
 from geobuild.artifacts.candidates import read_candidates
@@ -318,25 +319,22 @@ def test_shard_spec_selects_units(run):
 def test_kill_and_resume_gives_identical_output(tmp_path):
     import os
     import signal
-    import time
 
-    photos = make_photos(per_city=60)
-    clean, _ = build_run(tmp_path / "clean", photos=photos, shards=8)
+    photos = make_photos(per_city=20)
+    clean, _ = build_run(tmp_path / "clean", photos=photos, shards=6)
     killed = tmp_path / "killed"
     shutil.copytree(clean.root, killed)
     args = ["--k-image", "10", "--k-gps", "10"]
     env = dict(os.environ, GEOBUILD_NO_PROGRESS="1")
     subprocess.run([sys.executable, "-m", "geobuild", "mine", "--run", str(clean.root), *args], check=True, env=env)
-    proc = subprocess.Popen([sys.executable, "-m", "geobuild", "mine", "--run", str(killed), *args], env=env)
-    marker = killed / "done" / "mine" / "00000"
-    deadline = time.time() + 120
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_at_kill = RunFolder(killed).done_units("mine")
-    assert "00000" in done_at_kill
-    assert len(done_at_kill) < 8, "the run finished before it could be killed"
-    subprocess.run([sys.executable, "-m", "geobuild", "mine", "--run", str(killed), *args], check=True, env=env)
-    for u in [f"{i:05d}" for i in range(8)]:
+    # SIGKILL once unit 00002's candidates are in their temporary file, before the rename
+    run_killed(signal.SIGKILL, "candidates/00002.parquet", 1, ["mine", "--run", killed, *args])
+    assert RunFolder(killed).done_units("mine") == ["00000", "00001"]
+    assert not (killed / "candidates" / "00002.parquet").exists()
+    assert len(list((killed / "candidates").glob("00002.parquet.tmp-*"))) == 1
+    r = subprocess.run([sys.executable, "-m", "geobuild", "mine", "--run", str(killed), *args], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "4 units done, 2 skipped" in r.stderr
+    for u in [f"{i:05d}" for i in range(6)]:
         assert read_candidates(clean, u).equals(read_candidates(RunFolder(killed), u))
+    assert sorted(p.name for p in (killed / "candidates").iterdir()) == sorted(p.name for p in clean.path("candidates").iterdir())
