@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embed_helpers import TINY_CLIP, tiny_clip_dir, write_shards
+from killpoint import run_killed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -160,26 +160,21 @@ def test_kill_and_resume_equals_clean_run(tmp_path):
     spec = f"open_clip:local-dir:{tiny_clip_dir(tmp_path / 'clip')}"
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for run in (killed, clean):
-        write_shards(run, n_shards=4, per_shard=60, corrupt=((1, 7), (2, 0)), seed=5)
+        write_shards(run, n_shards=4, per_shard=24, corrupt=((1, 7), (2, 0)), seed=5)
     args = ["embed", "--run", str(killed), "--model", spec, "--num-workers", "1", "--batch-size", "8"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GEOBUILD_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "geobuild", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # SIGKILL once unit 00001's image embeddings are in their temporary file: its text embeddings
+    # are already in place, its metadata and marker are not
+    run_killed(signal.SIGKILL, "embeddings/00001.npy", 1, args, env=env)
     done = killed / "done" / "embed"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if done.is_dir() and any(done.iterdir()):
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the embed run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     finished = sorted(p.name for p in done.iterdir())
-    assert 1 <= len(finished) < 4, finished
+    assert finished == ["00000"]
+    assert (killed / "embeddings" / "00001.text.npy").exists() and not (killed / "embeddings" / "00001.parquet").exists()
+    assert len(list((killed / "embeddings").glob("00001.npy.tmp-*"))) == 1
 
     resumed = cli_subprocess(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished)} skipped" in resumed.stderr
+    assert "3 units done, 1 skipped" in resumed.stderr
     res = cli_subprocess("embed", "--run", str(clean), "--model", spec, "--num-workers", "2", "--batch-size", "8")
     assert res.returncode == 0, res.stderr
 
