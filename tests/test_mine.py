@@ -338,3 +338,37 @@ def test_kill_and_resume_gives_identical_output(tmp_path):
     for u in [f"{i:05d}" for i in range(6)]:
         assert read_candidates(clean, u).equals(read_candidates(RunFolder(killed), u))
     assert sorted(p.name for p in (killed / "candidates").iterdir()) == sorted(p.name for p in clean.path("candidates").iterdir())
+
+
+def test_non_finite_query_embeddings_are_bad_embedding_rows(run, tmp_path):
+    q = RunFolder(tmp_path / "q")
+    dirs = directions()
+    nan_vec, inf_vec = np.full(16, np.nan), dirs["tokyo"].copy()
+    inf_vec[3] = np.inf
+    qs = [Photo("ok1", "ok1.jpg", 48.85, 2.35, None, dirs["paris"], "paris"),
+          Photo("nanvec", "nanvec.jpg", 48.85, 2.35, None, nan_vec, "paris"),
+          Photo("infvec", "infvec.jpg", 35.68, 139.69, None, inf_vec, "tokyo"),
+          Photo("ok2", "ok2.jpg", 35.68, 139.69, None, dirs["tokyo"], "tokyo")]
+    write_embeddings(q, {"00000": qs})
+    assert cli("mine", "--run", str(q.root), "--gallery", str(run.root)).exit_code == 0
+    cands = read_candidates(q, "00000").to_pandas()
+    assert cands["key"].tolist() == ["ok1", "ok2"]
+    ledger = pq.read_table(q.ledger_path("mine", "00000")).to_pylist()
+    assert [(r["key"], r["id"], r["status"]) for r in ledger] == [("nanvec", "nanvec.jpg", "bad_embedding"), ("infvec", "infvec.jpg", "bad_embedding")]
+    assert all(r["error_message"] == "query embedding has non-finite values" for r in ledger)
+    stats = json.loads(q.stats_path("mine", "00000").read_text())
+    assert stats["rejected_by_reason"] == {"bad_embedding": 2} and stats["mined"] == 2
+    # the good queries still got their city's photos
+    assert all(k.startswith("paris") for k in cands["cand_key"][0][:5]) and all(k.startswith("tokyo") for k in cands["cand_key"][1][:5])
+
+
+def test_a_query_with_nothing_to_mine_is_a_no_candidates_row(tmp_path):
+    # one photo, no GPS gallery, no distance bands: the gallery holds nothing but the query itself
+    solo = [Photo("solo", "solo.jpg", 48.85, 2.35, "a", directions()["paris"], "paris")]
+    run, _ = build_run(tmp_path / "solo", photos=solo, shards=1, gps=None)
+    assert cli("mine", "--run", str(run.root)).exit_code == 0
+    assert read_candidates(run, "00000").num_rows == 0
+    ledger = pq.read_table(run.ledger_path("mine", "00000")).to_pylist()
+    assert ledger == [{"key": "solo", "id": "solo.jpg", "status": "no_candidates",
+                       "error_message": "no image, GPS or negative candidate found"}]
+    assert run.done_units("mine") == ["00000"]
