@@ -104,6 +104,42 @@ def test_bad_rows_to_ledger_and_rows_add_up(tmp_path):
     assert out["key"] == [k for k in c["key"] if k not in set(led["key"])]  # order kept
 
 
+def test_null_candidate_lists_are_no_candidates_rows(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    c = candidate_columns(12, 4, seed=5)
+    c["cand_lat"][4] = None
+    c["cand_lon"][6] = None
+    c["cand_lat"][9], c["cand_lon"][9] = None, None
+    # a candidates file whose list columns allow nulls (as another writer may produce): same schema
+    # name, version and columns, so the reader accepts it
+    import pyarrow as pa
+    from geobuild.core.schemas import arrow_schema
+
+    schema = arrow_schema("candidates")
+    for name in ("cand_lat", "cand_lon"):
+        schema = schema.set(schema.get_field_index(name), schema.field(name).with_nullable(True))
+    run.path("candidates").mkdir(parents=True)
+    pq.write_table(pa.table(c, schema=schema), run.path("candidates", "00000.parquet"))
+    run.marker_path("mine", "00000").parent.mkdir(parents=True)
+    run.marker_path("mine", "00000").write_text("{}\n")
+    t = pq.read_table(run.path("candidates", "00000.parquet"))
+    assert t.column("cand_lat").null_count == 2 and t.column("cand_lon").null_count == 2  # real nulls in the file
+    res = runner.invoke(app, ["distances", "--run", str(run.root)])
+    assert res.exit_code == 0, res.output
+    led = pq.read_table(run.ledger_path("distances", "00000")).to_pylist()
+    assert [(r["key"], r["id"], r["status"], r["error_message"]) for r in led] == [
+        (c["key"][i], c["id"][i], "no_candidates", "cand_lat/cand_lon is null") for i in (4, 6, 9)]
+    out = _read(run, "00000")
+    assert out["key"] == [k for i, k in enumerate(c["key"]) if i not in (4, 6, 9)]
+    # the rows around the null ones keep their own candidates' distances
+    from sklearn.metrics.pairwise import haversine_distances
+
+    for i in (3, 5, 7, 10):
+        j = out["key"].index(c["key"][i])
+        ref = haversine_distances(np.radians([[c["lat"][i], c["lon"][i]]]), np.radians(np.c_[c["cand_lat"][i], c["cand_lon"][i]]))[0]
+        np.testing.assert_allclose(out["query_km"][j], ref * EARTH_RADIUS_KM, rtol=1e-5, atol=1e-2)
+
+
 def test_shards_selection_and_method_change_refused(tmp_path):
     run = RunFolder(tmp_path / "run")
     for i in range(4):
