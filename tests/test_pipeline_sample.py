@@ -83,7 +83,8 @@ def test_sample_pipeline_end_to_end(shared, tmp_path):
             both = {"near", "far"} <= set(q["cand_band"])
             near_and_far += both
             image = sorted((r, i) for i, (s, r) in enumerate(zip(q["cand_source"], q["cand_rank"])) if s == "image")
-            cands = [(q["cand_id"][i], q["cand_lat"][i], q["cand_lon"][i], q["cand_texts"][i]) for _, i in image]
+            cands = [(q["cand_id"][i].replace("/", "_"), q["cand_lat"][i], q["cand_lon"][i],
+                          [q[f"cand_{f}"][i] or "" for f in ("city", "state", "country")]) for _, i in image]
             check_georanker_row(row, query=(q["lat"], q["lon"]), close_and_far=both, candidates=cands[: len(row["ref_gps"]) - 1])
     assert near_and_far == 0  # distance-band points (they leak the true location) are off by default
 

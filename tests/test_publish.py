@@ -121,7 +121,8 @@ def test_georanker_config_satisfies_georanker_reads(staged, monkeypatch):
                 q = cand_rows[row["img_id"]]
                 image = sorted((r, i) for i, (s, r) in enumerate(zip(q["cand_source"], q["cand_rank"])) if s == "image")
                 # image candidates by rank only, with their own coordinates and texts
-                cands = [(q["cand_id"][i], q["cand_lat"][i], q["cand_lon"][i], q["cand_texts"][i]) for _, i in image]
+                cands = [(q["cand_id"][i], q["cand_lat"][i], q["cand_lon"][i],
+                          [q[f"cand_{f}"][i] or "" for f in ("city", "state", "country")]) for _, i in image]
                 check_georanker_row(row, query=queries[row["img_id"]], candidates=cands)
 
 
