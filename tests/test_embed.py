@@ -265,6 +265,28 @@ def test_efficientnet_lite_on_fixture_shards(tmp_path):
     np.testing.assert_array_equal(enc.encode_images(x).numpy(), direct)  # deterministic
 
 
+def test_efficientnet_lite_preprocessing_matches_reference_numbers():
+    """EfficientNet-Lite's reference preprocessing, in numbers written out by hand: short side to
+    size + 32, a centre crop of size, then (x - 127) / 128 per channel."""
+    import torch
+    from PIL import Image
+
+    from geobuild.encoders import load_encoder
+
+    enc = load_encoder("efficientnet-lite0", "cpu")
+    x = enc.image_transform(Image.new("RGB", (400, 300), (0, 127, 255)))
+    assert x.shape == (3, 224, 224)
+    for c, want in enumerate((-127 / 128, 0.0, 1.0)):  # -0.9921875, 0, 1
+        torch.testing.assert_close(x[c], torch.full((224, 224), want), atol=1e-6, rtol=0)
+    # 512 x 256, black left half, white right half: already 256 high, so the 224 crop takes
+    # columns 144..367 and the edge (column 256) lands at crop column 112
+    half = Image.new("RGB", (512, 256), (0, 0, 0))
+    half.paste((255, 255, 255), (256, 0, 512, 256))
+    y = enc.image_transform(half)
+    torch.testing.assert_close(y[:, :, :110], torch.full((3, 224, 110), -127 / 128), atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[:, :, 114:], torch.full((3, 224, 110), 1.0), atol=1e-6, rtol=0)
+
+
 def _sample_photos(shared: Path, n: int):
     import io
     import zipfile
