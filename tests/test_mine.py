@@ -326,7 +326,7 @@ def test_kill_and_resume_gives_identical_output(tmp_path):
     shutil.copytree(clean.root, killed)
     args = ["--k-image", "10", "--k-gps", "10"]
     env = dict(os.environ, GEOBUILD_NO_PROGRESS="1")
-    subprocess.run([sys.executable, "-m", "geobuild", "mine", "--run", str(clean.root), *args], check=True, env=env)
+    assert cli("mine", "--run", str(clean.root), *args).exit_code == 0
     # SIGKILL once unit 00002's candidates are in their temporary file, before the rename
     run_killed(signal.SIGKILL, "candidates/00002.parquet", 1, ["mine", "--run", killed, *args])
     assert RunFolder(killed).done_units("mine") == ["00000", "00001"]
