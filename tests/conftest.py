@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# helper modules whose assertions should report their operands like test modules do
+pytest.register_assert_rewrite("georanker_reads", "killpoint")
+
 REPO = Path(__file__).resolve().parent.parent
 
 
