@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+INTERRUPTED = "interrupted; rerun the same command to resume"
 COMMAND_MODULES = ("shard", "embed", "index", "mine", "distances", "export", "publish", "train_ranker", "eval", "run", "report", "verify")
 
 
@@ -55,6 +56,10 @@ def main() -> None:
     and exit status 2."""
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == 130:  # Typer turns Ctrl-C (KeyboardInterrupt) into a silent exit 130
+            typer.echo(INTERRUPTED, err=True)
+        raise
     except GeobuildError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -63,7 +68,7 @@ def main() -> None:
         typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the same command to resume", err=True)
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
 
 

@@ -9,6 +9,9 @@ import pytest
 
 from sample_run import sample_run  # noqa: F401 - the shared real-sample run fixture
 
+# helper modules whose assertions should report their operands like test modules do
+pytest.register_assert_rewrite("georanker_reads", "killpoint")
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -20,7 +23,7 @@ def shared_dir() -> Path:
 def shared() -> Path:
     d = shared_dir()
     if not (d / "data" / "im2gps3k" / "im2gps3ktest.zip").exists():
-        if os.environ.get("CI"):  # CI always has the sample beside the checkout: a missing one is a failure
+        if os.environ.get("CI"):  # .ci/run exports CI: there a missing sample is a failure, never a skip
             pytest.fail(f"shared sample data not found under {d} (set GEOBUILD_SHARED)")
         pytest.skip(f"shared sample data not found under {d}")
     return d

@@ -42,6 +42,8 @@ class HubDouble:
         self.commit_attempts = 0
         self.fail_commits: set[int] = set()  # commit attempt numbers answered with HTTP 500
         self.drop_commits: set[int] = set()  # commit attempt numbers whose connection is closed unanswered
+        self.commit_status: dict[int, int] = {}  # commit attempt number -> HTTP error status answered (403, 429 ...)
+        self.lose_replies: set[int] = set()  # commit attempt numbers applied, then closed unanswered (reply lost)
         self.received: list[tuple[str, str]] = []  # (repo, path) per committed file, in order
         self.unauthorized = 0
         self.unauthorized_paths: list[str] = []
@@ -225,6 +227,12 @@ class _Handler(BaseHTTPRequestHandler):
         if attempt in hub.fail_commits:
             self._send(500, {"error": "Internal Error - We're working hard to fix this as soon as possible!"})
             return
+        if attempt in hub.commit_status:
+            status = hub.commit_status[attempt]
+            errors = {401: "Invalid credentials in Authorization header", 403: "You don't have the rights to create a commit in this repository",
+                      429: "You have exceeded our hourly quotas for action: commit"}
+            self._send(status, {"error": errors.get(status, "error")}, {"Retry-After": "0"} if status == 429 else None)
+            return
         lines = [json.loads(line) for line in data.decode().splitlines() if line.strip()]
         changes: dict[str, tuple[bytes, bool]] = {}
         for item in lines:
@@ -242,5 +250,9 @@ class _Handler(BaseHTTPRequestHandler):
                 (repo.lfs_paths.add if is_lfs else repo.lfs_paths.discard)(path)
                 hub.received.append((repo_id, path))
             repo.commits.append(sorted(changes))
+        if attempt in hub.lose_replies:  # the commit landed, its reply never arrives
+            self.close_connection = True
+            self.connection.close()
+            return
         oid = hashlib.sha1(f"{repo_id}:{len(repo.commits)}".encode()).hexdigest()
         self._send(200, {"commitUrl": f"{hub.url}/datasets/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})

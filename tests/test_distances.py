@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +13,7 @@ from typer.testing import CliRunner
 
 from _fixtures_index import candidate_columns, write_candidates
 from geobuild.cli import app
+from killpoint import run_killed
 from geobuild.core.errors import GeobuildError
 from geobuild.geo.sphere import EARTH_RADIUS_KM
 from geobuild.geo.geodesic import geodesic_km, pairwise_km
@@ -105,6 +104,42 @@ def test_bad_rows_to_ledger_and_rows_add_up(tmp_path):
     assert out["key"] == [k for k in c["key"] if k not in set(led["key"])]  # order kept
 
 
+def test_null_candidate_lists_are_no_candidates_rows(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    c = candidate_columns(12, 4, seed=5)
+    c["cand_lat"][4] = None
+    c["cand_lon"][6] = None
+    c["cand_lat"][9], c["cand_lon"][9] = None, None
+    # a candidates file whose list columns allow nulls (as another writer may produce): same schema
+    # name, version and columns, so the reader accepts it
+    import pyarrow as pa
+    from geobuild.core.schemas import arrow_schema
+
+    schema = arrow_schema("candidates")
+    for name in ("cand_lat", "cand_lon"):
+        schema = schema.set(schema.get_field_index(name), schema.field(name).with_nullable(True))
+    run.path("candidates").mkdir(parents=True)
+    pq.write_table(pa.table(c, schema=schema), run.path("candidates", "00000.parquet"))
+    run.marker_path("mine", "00000").parent.mkdir(parents=True)
+    run.marker_path("mine", "00000").write_text("{}\n")
+    t = pq.read_table(run.path("candidates", "00000.parquet"))
+    assert t.column("cand_lat").null_count == 2 and t.column("cand_lon").null_count == 2  # real nulls in the file
+    res = runner.invoke(app, ["distances", "--run", str(run.root)])
+    assert res.exit_code == 0, res.output
+    led = pq.read_table(run.ledger_path("distances", "00000")).to_pylist()
+    assert [(r["key"], r["id"], r["status"], r["error_message"]) for r in led] == [
+        (c["key"][i], c["id"][i], "no_candidates", "cand_lat/cand_lon is null") for i in (4, 6, 9)]
+    out = _read(run, "00000")
+    assert out["key"] == [k for i, k in enumerate(c["key"]) if i not in (4, 6, 9)]
+    # the rows around the null ones keep their own candidates' distances
+    from sklearn.metrics.pairwise import haversine_distances
+
+    for i in (3, 5, 7, 10):
+        j = out["key"].index(c["key"][i])
+        ref = haversine_distances(np.radians([[c["lat"][i], c["lon"][i]]]), np.radians(np.c_[c["cand_lat"][i], c["cand_lon"][i]]))[0]
+        np.testing.assert_allclose(out["query_km"][j], ref * EARTH_RADIUS_KM, rtol=1e-5, atol=1e-2)
+
+
 def test_shards_selection_and_method_change_refused(tmp_path):
     run = RunFolder(tmp_path / "run")
     for i in range(4):
@@ -134,30 +169,24 @@ def test_corrupt_or_missing_candidates_fail_clearly_others_finish(tmp_path):
 
 
 def test_kill_and_resume_equals_clean_run(tmp_path):
-    units = [f"{i:05d}" for i in range(8)]
-    cols = {u: candidate_columns(2500, 12, seed=i, unit=u) for i, u in enumerate(units)}
+    units = [f"{i:05d}" for i in range(6)]
+    cols = {u: candidate_columns(300, 12, seed=i, unit=u) for i, u in enumerate(units)}
     clean, killed = RunFolder(tmp_path / "clean"), RunFolder(tmp_path / "killed")
     for run in (clean, killed):
         for u in units:
             write_candidates(run, u, cols[u])
-    cmd = [sys.executable, "-m", "geobuild", "distances", "--method", "geodesic", "--batch-rows", "256", "--run"]
-    assert subprocess.run(cmd + [str(clean.root)], capture_output=True).returncode == 0
+    args = ["distances", "--method", "geodesic", "--batch-rows", "64", "--run"]
+    assert subprocess.run([sys.executable, "-m", "geobuild", *args, str(clean.root)], capture_output=True).returncode == 0
 
-    env = dict(os.environ, GEOBUILD_NO_PROGRESS="1")
-    proc = subprocess.Popen(cmd + [str(killed.root)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(killed.done_units("distances")) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    partial = killed.done_units("distances")
-    r = subprocess.run(cmd + [str(killed.root)], capture_output=True, text=True)
+    # SIGKILL once unit 00003's output is written to its temporary file, before it is renamed
+    run_killed(signal.SIGKILL, "distances/00003.parquet", 1, [*args, killed.root])
+    assert killed.done_units("distances") == units[:3]
+    assert not killed.path("distances", "00003.parquet").exists()
+    assert len(list(killed.path("distances").glob("00003.parquet.tmp-*"))) == 1
+    r = subprocess.run([sys.executable, "-m", "geobuild", *args, str(killed.root)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert "3 units done, 3 skipped" in r.stderr
     assert killed.done_units("distances") == units
-    if len(partial) < len(units):
-        assert f"{len(units) - len(partial)} units done, {len(partial)} skipped" in r.stderr
     for u in units:
         a = pq.read_table(clean.path("distances", f"{u}.parquet"))
         b = pq.read_table(killed.path("distances", f"{u}.parquet"))

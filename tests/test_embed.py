@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from embed_helpers import TINY_CLIP, tiny_clip_dir, write_shards
+from killpoint import run_killed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -160,26 +160,21 @@ def test_kill_and_resume_equals_clean_run(tmp_path):
     spec = f"open_clip:local-dir:{tiny_clip_dir(tmp_path / 'clip')}"
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     for run in (killed, clean):
-        write_shards(run, n_shards=4, per_shard=60, corrupt=((1, 7), (2, 0)), seed=5)
+        write_shards(run, n_shards=4, per_shard=24, corrupt=((1, 7), (2, 0)), seed=5)
     args = ["embed", "--run", str(killed), "--model", spec, "--num-workers", "1", "--batch-size", "8"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GEOBUILD_NO_PROGRESS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "geobuild", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # SIGKILL once unit 00001's image embeddings are in their temporary file: its text embeddings
+    # are already in place, its metadata and marker are not
+    run_killed(signal.SIGKILL, "embeddings/00001.npy", 1, args, env=env)
     done = killed / "done" / "embed"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if done.is_dir() and any(done.iterdir()):
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the embed run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     finished = sorted(p.name for p in done.iterdir())
-    assert 1 <= len(finished) < 4, finished
+    assert finished == ["00000"]
+    assert (killed / "embeddings" / "00001.text.npy").exists() and not (killed / "embeddings" / "00001.parquet").exists()
+    assert len(list((killed / "embeddings").glob("00001.npy.tmp-*"))) == 1
 
     resumed = cli_subprocess(*args)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"{len(finished)} skipped" in resumed.stderr
+    assert "3 units done, 1 skipped" in resumed.stderr
     res = cli_subprocess("embed", "--run", str(clean), "--model", spec, "--num-workers", "2", "--batch-size", "8")
     assert res.returncode == 0, res.stderr
 
@@ -268,6 +263,28 @@ def test_efficientnet_lite_on_fixture_shards(tmp_path):
     direct = enc.encode_images(x).numpy()
     np.testing.assert_allclose(emb, direct, atol=2e-3)  # float16 storage
     np.testing.assert_array_equal(enc.encode_images(x).numpy(), direct)  # deterministic
+
+
+def test_efficientnet_lite_preprocessing_matches_reference_numbers():
+    """EfficientNet-Lite's reference preprocessing, in numbers written out by hand: short side to
+    size + 32, a centre crop of size, then (x - 127) / 128 per channel."""
+    import torch
+    from PIL import Image
+
+    from geobuild.encoders import load_encoder
+
+    enc = load_encoder("efficientnet-lite0", "cpu")
+    x = enc.image_transform(Image.new("RGB", (400, 300), (0, 127, 255)))
+    assert x.shape == (3, 224, 224)
+    for c, want in enumerate((-127 / 128, 0.0, 1.0)):  # -0.9921875, 0, 1
+        torch.testing.assert_close(x[c], torch.full((224, 224), want), atol=1e-6, rtol=0)
+    # 512 x 256, black left half, white right half: already 256 high, so the 224 crop takes
+    # columns 144..367 and the edge (column 256) lands at crop column 112
+    half = Image.new("RGB", (512, 256), (0, 0, 0))
+    half.paste((255, 255, 255), (256, 0, 512, 256))
+    y = enc.image_transform(half)
+    torch.testing.assert_close(y[:, :, :110], torch.full((3, 224, 110), -127 / 128), atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[:, :, 114:], torch.full((3, 224, 110), 1.0), atol=1e-6, rtol=0)
 
 
 def _sample_photos(shared: Path, n: int):

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from _mine_fixtures import CITIES, MODEL, Photo, base_run_copy, build_run, directions, make_photos, write_embeddings
 from geobuild.cli import app
+from killpoint import run_killed
 from geobuild.geo.sphere import THRESHOLDS_KM
 from geobuild.core.runfolder import RunFolder
 from geobuild.artifacts.candidates import read_candidates
@@ -318,25 +319,56 @@ def test_shard_spec_selects_units(run):
 def test_kill_and_resume_gives_identical_output(tmp_path):
     import os
     import signal
-    import time
 
-    photos = make_photos(per_city=60)
-    clean, _ = build_run(tmp_path / "clean", photos=photos, shards=8)
+    photos = make_photos(per_city=20)
+    clean, _ = build_run(tmp_path / "clean", photos=photos, shards=6)
     killed = tmp_path / "killed"
     shutil.copytree(clean.root, killed)
     args = ["--k-image", "10", "--k-gps", "10"]
     env = dict(os.environ, GEOBUILD_NO_PROGRESS="1")
-    subprocess.run([sys.executable, "-m", "geobuild", "mine", "--run", str(clean.root), *args], check=True, env=env)
-    proc = subprocess.Popen([sys.executable, "-m", "geobuild", "mine", "--run", str(killed), *args], env=env)
-    marker = killed / "done" / "mine" / "00000"
-    deadline = time.time() + 120
-    while not marker.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.005)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_at_kill = RunFolder(killed).done_units("mine")
-    assert "00000" in done_at_kill
-    assert len(done_at_kill) < 8, "the run finished before it could be killed"
-    subprocess.run([sys.executable, "-m", "geobuild", "mine", "--run", str(killed), *args], check=True, env=env)
-    for u in [f"{i:05d}" for i in range(8)]:
+    assert cli("mine", "--run", str(clean.root), *args).exit_code == 0
+    # SIGKILL once unit 00002's candidates are in their temporary file, before the rename
+    run_killed(signal.SIGKILL, "candidates/00002.parquet", 1, ["mine", "--run", killed, *args])
+    assert RunFolder(killed).done_units("mine") == ["00000", "00001"]
+    assert not (killed / "candidates" / "00002.parquet").exists()
+    assert len(list((killed / "candidates").glob("00002.parquet.tmp-*"))) == 1
+    r = subprocess.run([sys.executable, "-m", "geobuild", "mine", "--run", str(killed), *args], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "4 units done, 2 skipped" in r.stderr
+    for u in [f"{i:05d}" for i in range(6)]:
         assert read_candidates(clean, u).equals(read_candidates(RunFolder(killed), u))
+    assert sorted(p.name for p in (killed / "candidates").iterdir()) == sorted(p.name for p in clean.path("candidates").iterdir())
+
+
+def test_non_finite_query_embeddings_are_bad_embedding_rows(run, tmp_path):
+    q = RunFolder(tmp_path / "q")
+    dirs = directions()
+    nan_vec, inf_vec = np.full(16, np.nan), dirs["tokyo"].copy()
+    inf_vec[3] = np.inf
+    qs = [Photo("ok1", "ok1.jpg", 48.85, 2.35, None, dirs["paris"], "paris"),
+          Photo("nanvec", "nanvec.jpg", 48.85, 2.35, None, nan_vec, "paris"),
+          Photo("infvec", "infvec.jpg", 35.68, 139.69, None, inf_vec, "tokyo"),
+          Photo("ok2", "ok2.jpg", 35.68, 139.69, None, dirs["tokyo"], "tokyo")]
+    write_embeddings(q, {"00000": qs})
+    assert cli("mine", "--run", str(q.root), "--gallery", str(run.root)).exit_code == 0
+    cands = read_candidates(q, "00000").to_pandas()
+    assert cands["key"].tolist() == ["ok1", "ok2"]
+    ledger = pq.read_table(q.ledger_path("mine", "00000")).to_pylist()
+    assert [(r["key"], r["id"], r["status"]) for r in ledger] == [("nanvec", "nanvec.jpg", "bad_embedding"), ("infvec", "infvec.jpg", "bad_embedding")]
+    assert all(r["error_message"] == "query embedding has non-finite values" for r in ledger)
+    stats = json.loads(q.stats_path("mine", "00000").read_text())
+    assert stats["rejected_by_reason"] == {"bad_embedding": 2} and stats["mined"] == 2
+    # the good queries still got their city's photos
+    assert all(k.startswith("paris") for k in cands["cand_key"][0][:5]) and all(k.startswith("tokyo") for k in cands["cand_key"][1][:5])
+
+
+def test_a_query_with_nothing_to_mine_is_a_no_candidates_row(tmp_path):
+    # one photo, no GPS gallery, no distance bands: the gallery holds nothing but the query itself
+    solo = [Photo("solo", "solo.jpg", 48.85, 2.35, "a", directions()["paris"], "paris")]
+    run, _ = build_run(tmp_path / "solo", photos=solo, shards=1, gps=None)
+    assert cli("mine", "--run", str(run.root)).exit_code == 0
+    assert read_candidates(run, "00000").num_rows == 0
+    ledger = pq.read_table(run.ledger_path("mine", "00000")).to_pylist()
+    assert ledger == [{"key": "solo", "id": "solo.jpg", "status": "no_candidates",
+                       "error_message": "no image, GPS or negative candidate found"}]
+    assert run.done_units("mine") == ["00000"]

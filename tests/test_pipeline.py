@@ -196,12 +196,32 @@ def test_malformed_pipelines(tmp_path, text, match):
         load_pipeline(write(tmp_path, text))
 
 
-def test_secrets_never_written(tmp_path, monkeypatch):
-    from geobuild.pipeline.spec import redact
+def test_secrets_never_written(tmp_path):
+    """A token from the environment reaches the stage, but no file of the run and no output line holds it."""
+    import hashlib
+    import os
 
-    assert redact({"repo": "org/x", "token": "hf_abc", "nested": {"api_key": "k"}, "hf_token": None}) == {
-        "repo": "org/x", "token": "<redacted>", "nested": {"api_key": "<redacted>"}, "hf_token": None,
-    }
+    secret = "hf_SECRETvalue0123456789abcdef"
+    p = write(tmp_path, "stages:\n  make:\n    uses: tests.toy_stages:MakeStage\n    n: 2\n"
+                        "  secret:\n    uses: tests.toy_stages:SecretStage\n    token: ${TOY_TOKEN}\n    api_key: k-${TOY_TOKEN}\n")
+    out = tmp_path / "run"
+    env = dict(os.environ, TOY_TOKEN=secret, GEOBUILD_NO_PROGRESS="1")
+    runs = [subprocess.run([sys.executable, "-m", "geobuild", "-v", "run", str(p), "--out", str(out), *extra],
+                           capture_output=True, text=True, cwd=REPO, env=env) for extra in ([], [])]  # run, rerun
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    # the stage got the real values
+    want = hashlib.sha256(f"{secret}|k-{secret}".encode()).hexdigest()[:16]
+    assert (out / "secret" / "00001.txt").read_text().strip() == want
+    # ... and nothing written or printed holds them
+    for r in runs:
+        assert secret not in r.stdout + r.stderr
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert {"config.yaml", "pipeline.yaml", "summary.json"} <= {f.name for f in files}
+    assert [f for f in files if secret.encode() in f.read_bytes()] == []
+    for name in ("config.yaml", "pipeline.yaml"):
+        doc = yaml.safe_load((out / name).read_text())
+        section = doc["stages"]["secret"] if name == "pipeline.yaml" else doc["secret"]
+        assert section == {"token": "<redacted>", "api_key": "<redacted>"}, (name, section)
 
 
 def test_cli_error_is_one_line(tmp_path):

@@ -21,9 +21,10 @@ def test_sample_pipeline_end_to_end(sample_run, tmp_path):
     st = {s["stage"]: s for s in summary["stages"]}
     assert list(st) == ["shard", "embed", "index", "mine", "distances", "publish"]
     assert all(s["status"] == "ok" and s["failed"] == 0 for s in st.values())
-    # every photo of the zip is accounted for: 300 shards samples, the other 2700 in the ledger
+    # every photo of the zip (3000 members) is accounted for: 300 shard samples, the other 2700 in the ledger
     assert st["shard"]["samples_out"] == rows
-    assert sum(st["shard"]["rejects"].values()) + st["shard"]["samples_out"] >= 3000
+    assert sum(st["shard"]["rejects"].values()) + st["shard"]["samples_out"] == 3000
+    assert st["shard"]["rejects"] == {"no_metadata": 2700}
     assert st["embed"]["samples_out"] + sum(st["embed"]["rejects"].values()) == rows
     assert st["mine"]["samples_in"] == st["embed"]["samples_out"]
     mined = st["mine"]["samples_out"]
@@ -58,7 +59,10 @@ def test_sample_pipeline_end_to_end(sample_run, tmp_path):
             q = queries[row["img_id"]]
             both = {"near", "far"} <= set(q["cand_band"])
             near_and_far += both
-            check_georanker_row(row, query=(q["lat"], q["lon"]), close_and_far=both)
+            image = sorted((r, i) for i, (s, r) in enumerate(zip(q["cand_source"], q["cand_rank"])) if s == "image")
+            cands = [(q["cand_id"][i].replace("/", "_"), q["cand_lat"][i], q["cand_lon"][i],
+                          [q[f"cand_{f}"][i] or "" for f in ("city", "state", "country")]) for _, i in image]
+            check_georanker_row(row, query=(q["lat"], q["lon"]), close_and_far=both, candidates=cands[: len(row["ref_gps"]) - 1])
     assert near_and_far == 0  # distance-band points (they leak the true location) are off by default
 
     # a rerun does nothing but report

@@ -117,12 +117,28 @@ def test_georanker_config_satisfies_georanker_reads(staged, monkeypatch):
             cand_rows = {r["id"]: r for r in cand[split]}
             assert sorted(dd[split]["img_id"]) == sorted(queries)
             for row in dd[split]:
-                check_georanker_row(row, query=queries[row["img_id"]])
                 assert len(row["ref_gps"]) == 13  # entry 0 + 12 candidates
                 q = cand_rows[row["img_id"]]
                 image = sorted((r, i) for i, (s, r) in enumerate(zip(q["cand_source"], q["cand_rank"])) if s == "image")
-                assert row["ref_img_id"][1:] == [q["cand_id"][i] for _, i in image]  # image candidates by rank only
-                assert row["ref_gps"][1:] == [[q["cand_lat"][i], q["cand_lon"][i]] for _, i in image]
+                # image candidates by rank only, with their own coordinates and texts
+                cands = [(q["cand_id"][i], q["cand_lat"][i], q["cand_lon"][i],
+                          [q[f"cand_{f}"][i] or "" for f in ("city", "state", "country")]) for _, i in image]
+                check_georanker_row(row, query=queries[row["img_id"]], candidates=cands)
+
+
+def test_negative_example_texts_spell_georankers_format():
+    """negative_example_texts on a hand-written row, against hand-written strings."""
+    row = {"ref_gps": [[0.5, 1.5]] + [[float(i), -float(i) / 4] for i in range(1, 8)],
+           "ref_texts": [["Q"]] + [[f"City{i}", "State", "Country"] for i in range(1, 6)] + [["Lima", "Peru"], []]}
+    from geobuild.artifacts.georanking import negative_example_texts
+
+    assert negative_example_texts(row) == [
+        "latitude: 3.0, longitude: -0.75, City3 State Country",
+        "latitude: 4.0, longitude: -1.0, City4 State Country",
+        "latitude: 5.0, longitude: -1.25, City5 State Country",
+        "latitude: 6.0, longitude: -1.5, Lima Peru",
+        "latitude: 7.0, longitude: -1.75, ",
+    ]
 
 
 def test_card_plots_and_provenance(staged):

@@ -135,17 +135,24 @@ def test_unknown_model_is_a_clear_error(dataset, tmp_path):
     assert res.exit_code != 0 and "unknown ranker model" in str(res.exception)
 
 
-def _georanking_parquet(dataset: Path, split: str, out: Path) -> Path:
-    """GeoRanker's own layout of one split: the query's own hit at entry 0, then the candidates."""
+def _candidate_rows(dataset: Path, split: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(next((dataset / "dataset" / "candidates").glob(f"{split}-*.parquet"))).to_pylist()
+
+
+def _georanking_parquet(dataset: Path, split: str, out: Path, photo_id=lambda i: i) -> Path:
+    """GeoRanker's own layout of one split: the query's own hit at entry 0, then the candidates;
+    ``photo_id`` maps a candidate photo id to the id written (GPS ids are kept)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(next((dataset / "dataset" / "candidates").glob(f"{split}-*.parquet"))).to_pylist()
+    rows = _candidate_rows(dataset, split)
     table = pa.table({
         "img_id": [r["id"] for r in rows],
         "gps": [[r["lat"], r["lon"]] for r in rows],
         "ref_gps": [[[r["lat"], r["lon"]]] + [[a, b] for a, b in zip(r["cand_lat"], r["cand_lon"])] for r in rows],
-        "ref_img_id": [[r["id"]] + list(r["cand_id"]) for r in rows],
+        "ref_img_id": [[r["id"]] + [i if i.startswith("gps:") else photo_id(i) for i in r["cand_id"]] for r in rows],
         "ref_texts": [[list(r["texts"])] + [list(t) for t in r["cand_texts"]] for r in rows],
     })
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -156,16 +163,21 @@ def _georanking_parquet(dataset: Path, split: str, out: Path) -> Path:
 def test_georanking_rows_are_read_as_georankers_trainer_reads_them(dataset, tmp_path):
     from geobuild.ranker.data import GroupSpec, groups_from_dataset
 
-    path = _georanking_parquet(dataset, "train", tmp_path / "GeoRanking.parquet")
+    # photo ids in GeoRanker's file-name form ("<key>.jpg"), which differ from the photo keys
+    path = _georanking_parquet(dataset, "train", tmp_path / "GeoRanking.parquet", photo_id=lambda i: f"{i}.jpg")
     groups = groups_from_dataset(path, "train", GroupSpec(group_size=6))
     assert len(groups) == 96 and not groups.skipped
     # entry 0 (the query itself, 0 km away) is skipped; entries 1..6 in order form the group
     assert (groups.dists > 1.0).all()
     assert all(q not in set(c) for q, c in zip(groups.query_id, groups.cand_id))
-    assert [str(k) for k in groups.query_key[:2]] == ["t0000", "t0001"]
-    photo = groups.cand_key[groups.cand_source == 0]
-    assert all(isinstance(k, str) and k.startswith("g") for k in photo)  # image ids map to photo keys
-    assert (groups.cand_key[groups.cand_source == 1] == None).all()  # noqa: E711  gps:... ids have no photo
+    rows = {r["key"]: r for r in _candidate_rows(dataset, "train")}
+    assert [str(k) for k in groups.query_key] == list(rows)
+    for qk, ids, keys in zip(groups.query_key, groups.cand_id, groups.cand_key):
+        r = rows[str(qk)]
+        assert list(ids) == [c if c.startswith("gps:") else f"{c}.jpg" for c in r["cand_id"][:6]]
+        # image ids map to the photo keys of the tars; gps:... ids have no photo
+        assert list(keys) == [k or None for k in r["cand_key"][:6]]
+    assert (groups.cand_key[groups.cand_source == 1] == None).all()  # noqa: E711
 
 
 def test_train_on_georanking_parquet_and_on_the_georanker_config(dataset, tmp_path):
@@ -204,7 +216,10 @@ def test_negative_example_texts_are_the_retrieved_entries_outside_the_group(data
     groups = groups_from_dataset(path, "train", GroupSpec(group_size=4))
     # 1 + 6 entries: entry 0 skipped, 1..4 ranked, 5..6 shown as GeoRanker's negative examples
     texts = groups.negative_texts[0]
-    assert len(texts) == 2 and all(t.startswith("latitude: ") and ", longitude: " in t for t in texts)
+    r = {row["key"]: row for row in _candidate_rows(dataset, "train")}[str(groups.query_key[0])]
+    # entries 5..6 are candidates 4..5 of the row (formats.md: "latitude: {lat}, longitude: {lon}, {texts}")
+    assert list(texts) == [f"latitude: {r['cand_lat'][i]}, longitude: {r['cand_lon'][i]}, {' '.join(r['cand_texts'][i])}"
+                           for i in (4, 5)]
     batch = make_batch(groups, np.array([0, 1]))
     assert batch.negative_texts[0] == list(texts)
 
@@ -218,3 +233,6 @@ def test_pretrained_location_encoder_features(dataset, tmp_path):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     cfg = json.loads((out / "final.json").read_text())
     assert cfg["finished"]
+    # the model took GeoCLIP's location-encoder features (512 wide), not random Fourier features
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert "rff" not in state and state["loc_proj.weight"].shape == (32, 512)

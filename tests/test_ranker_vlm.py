@@ -314,7 +314,22 @@ def test_train_ranker_cli_with_the_vlm_resumes_and_evaluates(tiny_dir, tmp_path,
 
     res = run("eval", "--checkpoint", str(a), "--data", str(data), "--split", "validation", "--out", str(tmp_path / "eval.json"))
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert report["info"]["model"] == "vlm"
+    info = report["info"]
+    assert (info["model"], info["epoch"], info["groups"], info["group_size"]) == ("vlm", 2, 2, 4)
+    assert info["checkpoint"] == str(a)
+    import pyarrow.parquet as pq
+
+    val = pq.read_table(next((data / "dataset" / "candidates").glob("validation-*.parquet"))).to_pylist()
+    # the top-1 retrieval row: each query's rank-0 image candidate, distances from the dataset itself
+    top1 = [r["query_km"][next(i for i, (s, k) in enumerate(zip(r["cand_source"], r["cand_rank"])) if s == "image" and k == 0)]
+            for r in val]
+    assert report["rows"]["top-1 retrieval"]["median_km"] == pytest.approx(float(np.median(top1)), rel=1e-4)
+    ranker, oracle = report["rows"]["ranker"], report["rows"]["oracle"]
+    assert all(row["n"] == 2 for row in report["rows"].values())
+    # the ranker picks one of each group's candidates: never better than the oracle, never past the farthest
+    farthest = max(max(r["query_km"]) for r in val)
+    assert oracle["median_km"] <= ranker["median_km"] <= farthest
+    assert all(ranker[k] <= oracle[k] and ranker[k] in (0.0, 50.0, 100.0) for k in ranker if k.startswith("acc@"))
 
 
 def test_train_ranker_vlm_with_a_hub_name_fails_with_one_line(tmp_path, monkeypatch):

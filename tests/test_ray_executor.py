@@ -238,21 +238,22 @@ def _listening(pids: set[int]) -> set[str]:
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def _stop_head(temp_dir: Path) -> None:
-    """Stop exactly the cluster started with ``--temp-dir temp_dir`` (not ``ray stop``: that stops every cluster)."""
-    for sig, wait_s in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-        pids = _processes_of(temp_dir)
+def _stop_head(temp_dir: Path, grace_s: float = 15.0, timeout_s: float = 180.0) -> None:
+    """Stop exactly the cluster started with ``--temp-dir temp_dir`` (not ``ray stop``: that stops every
+    cluster): SIGTERM its processes, SIGKILL those still there after ``grace_s``, and return once none is
+    left (rescanning, so a daemon started meanwhile is stopped too)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        pids = {p for p in _processes_of(temp_dir) if _state(p) != "Z"}
+        if not pids:
+            return
+        sig = signal.SIGTERM if time.monotonic() - t0 < grace_s else signal.SIGKILL
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + wait_s
-        while pids and time.time() < deadline:
-            time.sleep(0.2)
-            pids = {p for p in pids if Path(f"/proc/{p}").exists() and "Z" not in _state(p)}
-        if not pids:
-            return
+        time.sleep(0.2)
 
 
 def _state(pid: int) -> str:

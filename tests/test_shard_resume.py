@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,8 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shard_helpers import REPO, cli, run_files, split_bytes, write_csv, write_tar  # noqa: E402
+from killpoint import run_killed  # noqa: E402
+from shard_helpers import cli, run_files, split_bytes, write_csv, write_tar  # noqa: E402
 
 
 def _noise_jpeg(seed: int, w: int = 320, h: int = 240) -> bytes:
@@ -26,22 +24,14 @@ def _noise_jpeg(seed: int, w: int = 320, h: int = 240) -> bytes:
     return buf.getvalue()
 
 
-def kill_after_first_unit(args: list[str], run: Path, timeout: float = 120) -> None:
-    """Start ``geobuild shard``, SIGKILL it as soon as unit 00000 is marked done."""
-    env = dict(os.environ, GEOBUILD_NO_PROGRESS="1", PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "geobuild", "shard", *args], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = run / "done" / "shard" / "00000"
-    t0 = time.time()
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, "shard finished before it could be killed"
-            assert time.time() - t0 < timeout
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+def kill_in_unit(args: list[str], run: Path, unit: str) -> None:
+    """Run ``geobuild shard`` and SIGKILL it once ``unit``'s tar is complete in its temporary file,
+    before it is renamed into place: the units before it are done, it is not."""
+    run_killed(signal.SIGKILL, f"shards/{unit}.tar", 1, ["shard", *args])
+    done = sorted(p.name for p in (run / "done" / "shard").iterdir())
+    assert done == [f"{i:05d}" for i in range(int(unit))], done
+    assert not (run / "shards" / f"{unit}.tar").exists()
+    assert len(list((run / "shards").glob(f"{unit}.tar.tmp-*"))) == 1
 
 
 def test_kill_and_resume_streamed_tar_is_byte_identical(tmp_path):
@@ -56,9 +46,7 @@ def test_kill_and_resume_streamed_tar_is_byte_identical(tmp_path):
               "--samples-per-shard", "20", "--max-side", "200"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     cli("shard", "--out", str(clean), *common)
-    kill_after_first_unit(["--out", str(killed), *common], killed)
-    finished = sorted(p.name for p in (killed / "done" / "shard").iterdir())
-    assert "00011" not in finished  # the kill really came before the end
+    kill_in_unit(["--out", str(killed), *common], killed, "00003")
     cli("shard", "--out", str(killed), *common)
     assert run_files(killed) == run_files(clean)
     assert len(run_files(clean)) == 12 + 1 + 12  # 12 shards, sizes.json, 12 ledgers
@@ -71,7 +59,6 @@ def test_kill_and_resume_real_sample_is_byte_identical(tmp_path, shared):
               "--max-side", "256"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     cli("shard", "--out", str(clean), *common)
-    kill_after_first_unit(["--out", str(killed), *common], killed)
-    assert len(list((killed / "done" / "shard").iterdir())) < 12
+    kill_in_unit(["--out", str(killed), *common], killed, "00002")
     cli("shard", "--out", str(killed), *common)
     assert run_files(killed) == run_files(clean)

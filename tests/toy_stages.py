@@ -94,3 +94,26 @@ def attempts(flag_dir, unit: str) -> int:
     """How many attempts of ``unit`` :func:`record_attempt` recorded."""
     path = Path(flag_dir) / f"attempts-{unit}"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@dataclass
+class SecretStage(Stage):
+    """One unit per finished ``make`` unit; uses a token and an API key (writes their sha256 prefix)."""
+
+    token: str = ""
+    api_key: str = ""
+    name = "secret"
+
+    def units(self, run):
+        return run.done_units("make")
+
+    def config(self):
+        return {"token": self.token, "api_key": self.api_key}
+
+    def process(self, run, unit):
+        import hashlib
+
+        seen = hashlib.sha256(f"{self.token}|{self.api_key}".encode()).hexdigest()[:16]
+        with atomic_path(run.path("secret", f"{unit}.txt")) as tmp:
+            tmp.write_text(seen + "\n")
+        return UnitResult(stats={"samples_in": 1, "samples_out": 1})

@@ -32,7 +32,7 @@ from ...geo.sphere import THRESHOLDS_KM, haversine_km, valid_latlon
 from ...geo.geocode import GEOCODED_FIELDS, GeocodeConfig, reverse_geocode
 from ...core.ledger import reject
 from ...core.log import get_logger
-from ...core.runfolder import RunFolder, atomic_path
+from ...core.runfolder import RunFolder, atomic_path, remove_leftovers
 from ...core.stage import Accounting, Stage, UnitResult
 from ...artifacts.candidates import SCHEMA, candidates_path
 from ...artifacts.embeddings import embedded_units, model_info_path, read_embeddings, read_model_info
@@ -422,6 +422,7 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
         src, c_key, c_id, c_lat, c_lon, np.concatenate(score) if score else np.zeros(0, np.float32),
         np.concatenate(rank).astype(np.int32) if rank else np.zeros(0, np.int32), c_text, dist, band, table,
     )
+    remove_leftovers(candidates_path(run, unit))  # a killed attempt's temporary file
     with atomic_path(candidates_path(run, unit)) as tmp:
         pq.write_table(tbl, tmp, row_group_size=CANDIDATES_ROW_GROUP)
     by_source = {s: int(sum(1 for v in src if v == s)) for s in SOURCES}
