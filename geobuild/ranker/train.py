@@ -265,12 +265,17 @@ def validation_metrics(model, groups: Groups, cfg: TrainConfig, loss_fn, device:
     return out
 
 
-def usable(model, groups: Groups) -> Groups:
-    """Drop groups whose query photo the model cannot see (counted as query_photo_missing)."""
+def usable_mask(model, groups: Groups) -> np.ndarray:
+    """Bool [N]: the groups whose query photo the model can see."""
     emb = getattr(model, "embeddings", None)
     if emb is None or len(groups) == 0:
-        return groups
-    keep = emb.rows(list(groups.query_key), "query") >= 0
+        return np.ones(len(groups), dtype=bool)
+    return emb.rows(list(groups.query_key), "query") >= 0
+
+
+def usable(model, groups: Groups) -> Groups:
+    """Drop groups whose query photo the model cannot see (counted as query_photo_missing)."""
+    keep = usable_mask(model, groups)
     if (~keep).any():
         log.warning("%s: %d groups have no query photo and are skipped", groups.name, int((~keep).sum()))
     return groups.subset(keep, "query_photo_missing")
