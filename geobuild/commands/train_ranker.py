@@ -11,7 +11,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("train-ranker")
     def train_ranker(
-        data: Optional[str] = typer.Option(None, "--data", "-d", help="Published dataset folder (with dataset/ and images/), Hub repo ORG/NAME, or a GeoRanking .parquet file."),
+        data: Optional[str] = typer.Option(None, "--data", "-d", help="Published dataset folder (with dataset/ and images/), Hub repo ORG/NAME, a GeoRanking .parquet file, or a 'geobuild export georanker' folder (GeoRanking.parquet + images.tar + tar_index.pkl)."),
+        preset: Optional[str] = typer.Option(None, "--preset", help="Start from a named recipe: georanker (GeoRanker's published training: VLM ranker, group 7, lr 1e-4, 1 epoch, linear decay, weight decay 0.01, 4 queries per step, geodesic km, its prompt and value head); --config and options override it."),
         data_config: Optional[str] = typer.Option(None, "--data-config", help="Dataset config to read: candidates (default) or georanker (GeoRanking columns, read as GeoRanker's trainer does)."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder: config, embedding cache, checkpoints, metrics.jsonl."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML file of training settings (keys as the option names with '_'); options given here override it."),
@@ -31,8 +32,11 @@ def register(app: typer.Typer) -> None:
         k: Optional[int] = typer.Option(None, "--k", help="Positions K of the truncated Plackett-Luce (default 1)."),
         margin: Optional[float] = typer.Option(None, "--margin", help="Hinge margin of the pairwise loss (default 1)."),
         epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default 10)."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Groups per batch (default 32)."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Groups per optimiser step (default 32)."),
+        micro_batch: Optional[int] = typer.Option(None, "--micro-batch", help="Groups per forward/backward, gradients accumulated over the batch (default 0: the whole batch)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate, AdamW with warm-up and cosine decay (default 1e-3)."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="Learning-rate decay after the warm-up: cosine (default) or linear."),
+        distance: Optional[str] = typer.Option(None, "--distance", help="Loss distances: dataset (default: the dataset's km), haversine or geodesic (recomputed from the coordinates)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; the same seed gives identical metrics (default 0)."),
         d_model: Optional[int] = typer.Option(None, "--d-model", help="Compact model width (default 128)."),
         layers: Optional[int] = typer.Option(None, "--layers", help="Compact model transformer layers (default 2)."),
@@ -49,11 +53,13 @@ def register(app: typer.Typer) -> None:
         from ..core.errors import GeobuildError
         from ..ranker.train import TrainConfig, train
 
-        cfg = TrainConfig.from_yaml(config) if config else TrainConfig()
+        base = TrainConfig.from_preset(preset)
+        cfg = TrainConfig.from_yaml(config, base=base) if config else base
         given = dict(
             data=data, data_config=data_config, out=str(out) if out else None, model=model, encoder=encoder, train_split=train_split,
             images=str(images) if images else None, group_size=group_size, select=select, skip_first=skip_first,
-            loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
+            schedule=schedule, distance=distance, seed=seed,
             d_model=d_model, layers=layers, location=location, device=device, threads=threads, stop_after=stop_after,
             embed_cache=str(embed_cache) if embed_cache else None,
         )

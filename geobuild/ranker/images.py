@@ -37,6 +37,7 @@ class ImageSource:
 
     query_tars: list[Path]
     cand_tars: list[Path]
+    tar_index: Path | None = None  # a GeoRanker bundle: one tar, read through this tar_index.pkl
 
     @property
     def shared(self) -> bool:
@@ -64,6 +65,37 @@ def published_images(source: str | Path) -> ImageSource:
     if not tars:
         raise GeobuildError(f"no WebDataset tars under {root}")
     return ImageSource(tars, tars)
+
+
+def georanker_bundle(source: str | Path | None) -> Path | None:
+    """The folder of a GeoRanker train bundle (``geobuild export georanker``: ``GeoRanking.parquet``,
+    ``tar_index.pkl`` and its tar) that ``source`` is or holds the table of; None otherwise."""
+    from ..artifacts.georanker_bundle import TRAIN_TABLE
+
+    if not source:
+        return None
+    p = Path(source)
+    folder = p if p.is_dir() else p.parent if p.is_file() and p.suffix == ".parquet" else None
+    if folder is None or not (folder / "tar_index.pkl").is_file():
+        return None
+    return folder if p.is_file() or (folder / TRAIN_TABLE).is_file() else None
+
+
+def bundle_images(folder: str | Path) -> ImageSource:
+    """The photos of a GeoRanker bundle: ``images.tar`` (or the tar its ``bundle.json`` names) through
+    its ``tar_index.pkl``."""
+    import json
+
+    from ..artifacts.georanker_bundle import MANIFEST
+
+    folder = Path(folder)
+    tar = folder / "images.tar"
+    if (folder / MANIFEST).is_file():
+        try:
+            tar = folder / json.loads((folder / MANIFEST).read_text()).get("images_tar", "images.tar")
+        except (ValueError, AttributeError) as exc:
+            raise GeobuildError(f"cannot read {folder / MANIFEST} ({exc}); export the bundle again") from None
+    return ImageSource([tar], [tar], tar_index=folder / "tar_index.pkl")
 
 
 def folder_images(root: str | Path) -> list[Path]:
@@ -195,6 +227,11 @@ def embed_images(
     images: ImageSource, encoder_spec: str, cache_dir: str | Path, batch_size: int = 64, device: str = "cpu"
 ) -> Embeddings:
     """Embed every photo of ``images`` once (cached per tar under ``cache_dir``)."""
+    if images.tar_index is not None:
+        raise GeobuildError(
+            "the compact ranker embeds photos from WebDataset tars, not a GeoRanker bundle's tar_index.pkl; "
+            "train it on the published dataset (geobuild publish), or use --model vlm / --preset georanker"
+        )
     cache_root = Path(cache_dir) / _slug(encoder_spec)
     tars = list(dict.fromkeys(list(images.query_tars) + list(images.cand_tars)))
     encoder = None

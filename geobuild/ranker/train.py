@@ -29,14 +29,30 @@ from ..core.errors import GeobuildError
 from ..core.log import get_logger, progress
 from ..core.runfolder import atomic_path
 from .data import GroupSpec, Groups, groups_from_dataset
-from .images import published_images, ImageSource, folder_images
+from .images import ImageSource, bundle_images, folder_images, georanker_bundle, published_images
 
 log = get_logger("ranker.train")
 
 CHECKPOINT_FORMAT = "geobuild-ranker"
 CHECKPOINT_VERSION = 1
 #: settings that may differ when a run is resumed (they do not change the result)
-RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cache")
+RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cache", "micro_batch")
+
+#: ``--preset NAME``: settings applied before a --config file and the command-line options.
+#: ``georanker`` is GeoRanker's published recipe (``finetune_geo_ranker.py`` with the README's
+#: ``--group_size=7``): its VLM ranker (LoRA r 16 / alpha 32 / dropout 0.05 on q,k,v, value head
+#: without bias drawn from N(0, (1/(hidden+1))^2)), its prompt word for word, multi-order loss
+#: (lambda 0.7, K 1) over geodesic km, AdamW lr 1e-4 with weight decay 0.01, linear decay to 0
+#: without warm-up (the Hugging Face Trainer's default), gradient clipping at 1.0, 1 epoch, 4
+#: queries per optimiser step (1 per device on 4 devices there: here micro-batches of 1).
+PRESETS: dict[str, dict[str, Any]] = {
+    "georanker": dict(
+        model="vlm", data_config="georanker", val_split=None, group_size=7, loss="multi-order", lam=0.7, k=1,
+        epochs=1, lr=1e-4, schedule="linear", warmup_steps=0, weight_decay=0.01, grad_clip=1.0, batch_size=4,
+        micro_batch=1, distance="geodesic",
+        model_options={"prompt": "georanker", "value_head": "georanker", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05},
+    ),
+}
 
 
 @dataclass
@@ -61,10 +77,13 @@ class TrainConfig:
     margin: float = 1.0
     epochs: int = 10
     batch_size: int = 32
+    micro_batch: int = 0  # groups per forward/backward (gradients accumulated over the batch); 0: the whole batch
     lr: float = 1e-3
+    schedule: str = "cosine"  # cosine (after a linear warm-up) | linear (decay to 0 after the warm-up)
     weight_decay: float = 0.01
     warmup_steps: int = 20
     grad_clip: float = 1.0
+    distance: str = "dataset"  # loss distances: the dataset's, or recomputed: haversine | geodesic
     seed: int = 0
     d_model: int = 128
     layers: int = 2
@@ -74,6 +93,7 @@ class TrainConfig:
     rff_dim: int = 128
     text_dim: int = 256
     model_options: dict = field(default_factory=dict)
+    preset: str | None = None  # the --preset the settings started from (recorded only)
     device: str = "cpu"
     threads: int | None = None
     embed_cache: str | None = None  # photo-embedding cache folder (default OUT/embed-cache); shareable between runs
@@ -81,7 +101,16 @@ class TrainConfig:
     stop_after: int | None = None  # stop after this many epochs in this invocation (resume later)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_preset(cls, name: str | None) -> "TrainConfig":
+        """The defaults, with preset ``name`` applied (none: the plain defaults)."""
+        if not name:
+            return cls()
+        if name not in PRESETS:
+            raise GeobuildError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+        return cls().merged({**PRESETS[name], "preset": name}, where=f"preset {name}", keep_none=True)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: "TrainConfig | None" = None) -> "TrainConfig":
         p = Path(path)
         if not p.exists():
             raise GeobuildError(f"config file not found: {p}")
@@ -92,7 +121,7 @@ class TrainConfig:
             raise GeobuildError(f"cannot read the training config {p} ({detail}); fix its YAML and rerun") from None
         if not isinstance(doc, dict):
             raise GeobuildError(f"{p} must hold a mapping of training settings")
-        return cls().merged(doc, where=str(p), keep_none=True)
+        return (base or cls()).merged(doc, where=str(p), keep_none=True)
 
     def merged(self, values: dict[str, Any], where: str = "options", keep_none: bool = False) -> "TrainConfig":
         """A copy with ``values`` applied (``None`` means "not given" unless ``keep_none``)."""
@@ -111,7 +140,7 @@ class TrainConfig:
         return cfg
 
     def group_spec(self) -> GroupSpec:
-        return GroupSpec(self.group_size, tuple(self.sources), self.select, self.skip_first)
+        return GroupSpec(self.group_size, tuple(self.sources), self.select, self.skip_first, distance=self.distance)
 
     def validate(self) -> None:
         from .loss import LOSSES
@@ -125,6 +154,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "k", "group_size"):
             if getattr(self, name) < 1:
                 raise GeobuildError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch < 0:
+            raise GeobuildError(f"micro_batch must be 0 (the whole batch) or more, got {self.micro_batch}")
+        if self.schedule not in SCHEDULES:
+            raise GeobuildError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
+        self.group_spec()  # an unknown distance or selection is one clear error
         if not 0.0 <= self.lam <= 1.0:
             raise GeobuildError(f"lam must lie in [0, 1], got {self.lam}")
 
@@ -217,21 +251,47 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
+SCHEDULES = ("cosine", "linear")
+
+
+def _lr_lambda(warmup: int, total: int, schedule: str = "cosine"):
+    """Learning-rate factor per optimiser step: ``cosine`` (warm-up (step+1)/warmup, then half a
+    cosine to 0) or ``linear`` (the Hugging Face Trainer's: warm-up step/warmup, then a straight line
+    from 1 at the end of the warm-up to 0 at ``total``)."""
+    def cosine(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         progress_ = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
 
-    return f
+    def linear(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return linear if schedule == "linear" else cosine
 
 
 def image_source_for(cfg: TrainConfig) -> ImageSource:
+    """Where the photos are: ``--images`` (a folder of tars or a GeoRanker bundle), the GeoRanker
+    bundle ``--data`` belongs to, or the published dataset's images."""
     if cfg.images:
+        if (Path(cfg.images) / "tar_index.pkl").is_file():
+            return bundle_images(cfg.images)
         tars = folder_images(cfg.images)
         return ImageSource(tars, tars)
+    bundle = georanker_bundle(cfg.data)
+    if bundle is not None:
+        return bundle_images(bundle)
     return published_images(cfg.data)
+
+
+def data_source(cfg: TrainConfig) -> str:
+    """The table ``--data`` names: a GeoRanker bundle folder stands for its ``GeoRanking.parquet``."""
+    from ..artifacts.georanker_bundle import TRAIN_TABLE
+
+    bundle = georanker_bundle(cfg.data)
+    return str(bundle / TRAIN_TABLE) if bundle is not None and Path(cfg.data).is_dir() else cfg.data
 
 
 def score_groups(model, groups: Groups, batch_size: int, device: str) -> np.ndarray:
@@ -350,11 +410,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
 
     spec = cfg.group_spec()
-    train_groups = groups_from_dataset(cfg.data, cfg.train_split, spec, config=cfg.data_config)
+    source = data_source(cfg)
+    train_groups = groups_from_dataset(source, cfg.train_split, spec, config=cfg.data_config)
     val_groups = None
     if cfg.val_split:
         try:
-            val_groups = groups_from_dataset(cfg.data, cfg.val_split, spec, config=cfg.data_config)
+            val_groups = groups_from_dataset(source, cfg.val_split, spec, config=cfg.data_config)
         except GeobuildError as exc:
             if cfg.val_split != "validation":
                 raise
@@ -382,7 +443,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch, cfg.schedule))
 
     history: list[dict[str, Any]] = []
     start = 0
@@ -416,17 +477,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         total, count = 0.0, 0
         bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         for i in range(0, len(order), cfg.batch_size):
-            batch = make_batch(train_groups, order[i : i + cfg.batch_size]).to(device)
-            scores = model(batch)
-            loss = loss_fn(scores, batch.dists, mask=batch.mask)
+            rows = order[i : i + cfg.batch_size]
+            step = cfg.micro_batch or len(rows)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum = 0.0
+            for j in range(0, len(rows), step):  # gradients of the batch mean, accumulated per micro-batch
+                batch = make_batch(train_groups, rows[j : j + step]).to(device)
+                loss = loss_fn(model(batch), batch.dists, mask=batch.mask)
+                part = len(rows[j : j + step]) / len(rows)
+                (loss * part).backward()
+                loss_sum += float(loss.item()) * part
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
-            n = int(batch.mask.shape[0])
-            total += float(loss.item()) * n
+            n = len(rows)
+            total += loss_sum * n
             count += n
             bar.update(1)
             bar.set_postfix(loss=f"{total / count:.4f}")
