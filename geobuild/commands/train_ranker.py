@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         val_split: Optional[str] = typer.Option(None, "--val-split", help="Split for per-epoch validation metrics (default validation; 'none' to skip)."),
         images: Optional[Path] = typer.Option(None, "--images", help="Folder of photo tars when they are not in DATA/images."),
         group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="Candidates per group (default 8); smaller groups are skipped and counted."),
-        sources: Optional[str] = typer.Option(None, "--sources", help="Comma-separated candidate sources to rank: image,gps,negative (default image,gps)."),
+        sources: Optional[str] = typer.Option(None, "--sources", help="Comma-separated candidate sources to rank: image,gps,negative (default image,gps); with counts, e.g. image:12,gps:3, the first n of each (GeoRanker's evaluation groups)."),
         select: Optional[str] = typer.Option(None, "--select", help="How groups are filled: interleave (default, alternate sources) or order (list order)."),
         skip_first: Optional[bool] = typer.Option(None, "--skip-first/--no-skip-first", help="Drop candidate 0 as GeoRanker's trainer does (the query's own retrieval hit)."),
         loss: Optional[str] = typer.Option(None, "--loss", help="multi-order (default), first-order, second-order, pointwise or pairwise."),
@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         d_model: Optional[int] = typer.Option(None, "--d-model", help="Compact model width (default 128)."),
         layers: Optional[int] = typer.Option(None, "--layers", help="Compact model transformer layers (default 2)."),
         consensus: Optional[bool] = typer.Option(None, "--consensus/--no-consensus", help="Compact model: candidate-agreement features (share of the group's other candidates within 25/200/750/2500 km; default off)."),
+        residual: Optional[bool] = typer.Option(None, "--residual/--no-residual", help="Compact model: score = learned (source, rank) prior + correction, starting exactly at retrieval's order."),
+        retrieval_features: Optional[bool] = typer.Option(None, "--retrieval-features/--no-retrieval-features", help="Compact model: each candidate's retrieval score, margin and ratio to the best of its source."),
+        best_by: Optional[str] = typer.Option(None, "--best-by", help="Keep checkpoints/best.pt, the epoch (0: untrained) with the best validation figure, e.g. val_acc_mean; eval of OUT uses it."),
         location: Optional[str] = typer.Option(None, "--location", help="Coordinate features: rff (default) or geoclip (pretrained location encoder)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu (default), cuda or auto."),
         threads: Optional[int] = typer.Option(None, "--threads", help="Torch CPU threads."),
@@ -61,12 +64,13 @@ def register(app: typer.Typer) -> None:
             loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
             schedule=schedule, distance=distance, seed=seed,
             d_model=d_model, layers=layers, location=location, device=device, threads=threads, stop_after=stop_after,
-            embed_cache=str(embed_cache) if embed_cache else None,
+            embed_cache=str(embed_cache) if embed_cache else None, best_by=best_by,
         )
         if vlm_path is not None:
             given["model_options"] = {**cfg.model_options, "vlm_path": vlm_path}
-        if consensus is not None:
-            given["model_options"] = {**cfg.model_options, **given.get("model_options", {}), "consensus": consensus}
+        for name, flag in (("consensus", consensus), ("residual", residual), ("retrieval_features", retrieval_features)):
+            if flag is not None:
+                given["model_options"] = {**cfg.model_options, **given.get("model_options", {}), name: flag}
         if sources is not None:
             given["sources"] = [s.strip() for s in sources.split(",") if s.strip()]
         if val_split is not None:

@@ -100,6 +100,7 @@ class Groups:
     mask: np.ndarray  # bool [N, G]
     retrieval_km: np.ndarray  # float64 [N]: error of the first image candidate of the full list (nan: none)
     negative_texts: np.ndarray | None = None  # object [N]: GeoRanker's "negative examples" (last entries outside the group)
+    cand_score: np.ndarray | None = None  # float32 [N, G]: retrieval score within its source (nan: unknown)
     skipped: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
 
@@ -123,8 +124,9 @@ class Groups:
                 "cand_source", "cand_rank", "cand_texts", "dists", "mask", "retrieval_km",
             )
         }
-        if self.negative_texts is not None:
-            arrays["negative_texts"] = self.negative_texts[keep]
+        for name in ("negative_texts", "cand_score"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)[keep]
         return Groups(name=self.name, skipped=skipped, rows_read=self.rows_read, **arrays)
 
 
@@ -231,7 +233,7 @@ class _Builder:
         self.name = name
         self.rows: dict[str, list] = {k: [] for k in (
             "query_key", "query_id", "query_lat", "query_lon", "cand_key", "cand_id", "cand_lat", "cand_lon",
-            "cand_source", "cand_rank", "cand_texts", "dists", "mask", "retrieval_km", "negative_texts")}
+            "cand_source", "cand_rank", "cand_score", "cand_texts", "dists", "mask", "retrieval_km", "negative_texts")}
         self.skipped: Counter = Counter()
         self.read = 0
 
@@ -258,6 +260,8 @@ class _Builder:
         keys = list(row.get("cand_key") or [None] * n)
         ids = list(row.get("cand_id") or [None] * n)
         ranks = list(row.get("cand_rank") or list(range(n)))
+        scores = row.get("cand_score")
+        scores = [np.nan] * n if scores is None or len(scores) != n else [np.nan if x is None else x for x in scores]
         texts = list(row.get("cand_texts") or [[]] * n)
         dist = None if spec.distance != "dataset" else row.get("query_km")
         if dist is None and spec.distance == "dataset":
@@ -297,6 +301,7 @@ class _Builder:
         r["cand_lon"].append(clon[sel])
         r["cand_source"].append([SOURCE_CODE.get(sources[i], 0) for i in sel])
         r["cand_rank"].append([int(ranks[i]) if ranks[i] is not None else 0 for i in sel])
+        r["cand_score"].append([float(scores[i]) for i in sel])
         r["cand_texts"].append([tuple(str(t) for t in (texts[i] or []) if t is not None) for i in sel])
         r["dists"].append(dist[sel])
         r["retrieval_km"].append(retrieval)
@@ -331,6 +336,7 @@ class _Builder:
             cand_lon=np.asarray(r["cand_lon"], dtype=np.float64).reshape(N, G),
             cand_source=np.asarray(r["cand_source"], dtype=np.int64).reshape(N, G),
             cand_rank=np.asarray(r["cand_rank"], dtype=np.int64).reshape(N, G),
+            cand_score=np.asarray(r["cand_score"], dtype=np.float32).reshape(N, G),
             cand_texts=obj(r["cand_texts"], (N, G)),
             dists=np.asarray(r["dists"], dtype=np.float32).reshape(N, G),
             mask=np.asarray(r["mask"], dtype=bool).reshape(N, G),
@@ -438,7 +444,7 @@ def groups_from_dataset(
     ds = load_split(source, split, config)
     check_columns(ds.column_names, f"{source} ({config}, {split})")
     wanted = set(REQUIRED) | set(KEY_COLUMNS) | {
-        "cand_key", "cand_id", "cand_source", "cand_rank", "cand_texts", "cand_dist_km", "query_km"}
+        "cand_key", "cand_id", "cand_source", "cand_rank", "cand_score", "cand_texts", "cand_dist_km", "query_km"}
     if is_georanking(ds.column_names):
         wanted = {"img_id", "gps", "ref_gps", "ref_img_id", "ref_texts"}
     ds = ds.select_columns([c for c in ds.column_names if c in wanted])

@@ -180,6 +180,29 @@ class Embeddings:
         return np.asarray([table.get(k, -1) if k is not None else -1 for k in keys], dtype=np.int64)
 
 
+def cache_path(cache_dir: str | Path, encoder_spec: str, tar: Path) -> Path:
+    """Where :func:`embed_images` caches the embeddings of ``tar``."""
+    return Path(cache_dir) / _slug(encoder_spec) / f"{_tar_id(Path(tar))}.npz"
+
+
+def seed_cache(cache_dir: str | Path, encoder_spec: str, tar: Path, vectors: dict[str, np.ndarray]) -> bool:
+    """Fill the cache of ``tar`` from embeddings computed elsewhere (``vectors``: key -> row, e.g. a
+    run's embed stage outputs for the same photos), so :func:`embed_images` reads instead of
+    embedding. Refuses (False) when a photo of the tar has no vector; an existing cache is kept."""
+    cache = cache_path(cache_dir, encoder_spec, tar)
+    if cache.exists():
+        return True
+    keys = [sample["__key__"] for sample in iter_shard(tar) if any(e in sample for e in IMAGE_EXTS)]
+    if any(k not in vectors for k in keys):
+        return False
+    dim = len(next(iter(vectors.values())))
+    emb = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim))
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=np.asarray(keys, dtype=str), emb=emb.astype(np.float16), bad=np.int64(0))
+    return True
+
+
 def _embed_tar(tar: Path, encoder, cache: Path, batch_size: int) -> tuple[list[str], np.ndarray, int]:
     """Keys and embeddings of every photo in one tar (from the cache when present)."""
     if cache.exists():
@@ -232,14 +255,13 @@ def embed_images(
             "the compact ranker embeds photos from WebDataset tars, not a GeoRanker bundle's tar_index.pkl; "
             "train it on the published dataset (geobuild publish), or use --model vlm / --preset georanker"
         )
-    cache_root = Path(cache_dir) / _slug(encoder_spec)
     tars = list(dict.fromkeys(list(images.query_tars) + list(images.cand_tars)))
     encoder = None
     per_tar: dict[Path, tuple[list[str], np.ndarray]] = {}
     bad_total = 0
     bar = progress(total=len(tars), desc=f"embedding photos ({encoder_spec})", unit="tar")
     for tar in tars:
-        cache = cache_root / f"{_tar_id(tar)}.npz"
+        cache = cache_path(cache_dir, encoder_spec, tar)
         if not cache.exists() and encoder is None:
             encoder = make_encoder(encoder_spec, device)
         keys, emb, bad = _embed_tar(tar, encoder, cache, batch_size)

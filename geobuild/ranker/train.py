@@ -5,6 +5,8 @@ Output folder::
     OUT/config.yaml            resolved training configuration
     OUT/embed-cache/           frozen photo embeddings, per tar (reused by reruns and eval)
     OUT/checkpoints/epoch-NNNN.pt, last.pt   one checkpoint per epoch (model, optimiser, schedule, history)
+    OUT/checkpoints/best.pt    with ``best_by``: the epoch (0 = the untrained model) with the best
+                               validation figure; what ``geobuild eval OUT`` evaluates
     OUT/metrics.jsonl          one line per epoch: train loss, validation loss and ranking metrics
     OUT/final.json             the last epoch's metrics and the configuration
 
@@ -98,6 +100,9 @@ class TrainConfig:
     threads: int | None = None
     embed_cache: str | None = None  # photo-embedding cache folder (default OUT/embed-cache); shareable between runs
     keep_checkpoints: int = 0  # 0 keeps every epoch's checkpoint
+    #: keep checkpoints/best.pt, the epoch (0: untrained) with the highest validation figure: val_acc_mean
+    #: (mean accuracy over the thresholds), a val_acc@<t>km, or val_top1_hit; none: evaluate the last epoch
+    best_by: str | None = None
     stop_after: int | None = None  # stop after this many epochs in this invocation (resume later)
 
     @classmethod
@@ -140,6 +145,15 @@ class TrainConfig:
         return cfg
 
     def group_spec(self) -> GroupSpec:
+        """The group rule; sources given as ``image:12,gps:3`` are a quota (the first n of each)."""
+        if any(":" in s for s in self.sources):
+            quota = []
+            for item in self.sources:
+                name, _, n = item.partition(":")
+                if not n.strip().isdigit():
+                    raise GeobuildError(f"candidate source '{item}': give every source a count (e.g. image:12,gps:3) or none")
+                quota.append((name.strip(), int(n)))
+            return GroupSpec(quota=tuple(quota), skip_first=self.skip_first, pad=True, distance=self.distance)
         return GroupSpec(self.group_size, tuple(self.sources), self.select, self.skip_first, distance=self.distance)
 
     def validate(self) -> None:
@@ -322,6 +336,7 @@ def validation_metrics(model, groups: Groups, cfg: TrainConfig, loss_fn, device:
     s = summary(ranker_errors(scores, groups))
     out = {"val_loss": loss, "val_top1_hit": top1_hit_rate(scores, groups)}
     out.update({f"val_{k}": v for k, v in s.items() if k != "n"})
+    out["val_acc_mean"] = float(np.mean([v for k, v in s.items() if k.startswith("acc@")]))
     return out
 
 
@@ -353,12 +368,14 @@ def _save(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by :func:`train` (refuses other files)."""
+    """Read a checkpoint written by :func:`train` (refuses other files); for an output folder, its
+    ``best.pt`` when training kept one, else ``last.pt``."""
     import torch
 
     p = Path(path)
     if p.is_dir():
-        p = p / "checkpoints" / "last.pt"
+        best = p / "checkpoints" / "best.pt"
+        p = best if best.exists() else p / "checkpoints" / "last.pt"
     if not p.exists():
         raise GeobuildError(f"checkpoint not found: {p} (train one with 'geobuild train-ranker')")
     try:
@@ -464,7 +481,27 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "val_groups": len(val_groups) if val_groups is not None else 0,
         "val_skipped": val_groups.skipped if val_groups is not None else {},
     }
-    log.info("training %s on %d groups of %d (%s loss), %d epochs", cfg.model, len(train_groups), cfg.group_size, cfg.loss, cfg.epochs)
+    log.info("training %s on %d groups of %d (%s loss), %d epochs", cfg.model, len(train_groups), spec.group_size, cfg.loss, cfg.epochs)
+
+    def checkpoint(epoch: int, **extra) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "config": asdict(cfg),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "history": history, "data": data_info, **extra}
+
+    best_path = out / "checkpoints" / "best.pt"
+    best_value = None
+    if cfg.best_by and val_groups is None:
+        log.warning("best_by=%s needs a validation split; the last epoch is evaluated", cfg.best_by)
+    elif cfg.best_by:
+        if best_path.exists() and start > 0:
+            best_value = load_checkpoint(best_path).get("best_value")
+        elif start == 0:  # the untrained model competes too (for a residual model: retrieval's order)
+            record0 = validation_metrics(model, val_groups, cfg, loss_fn, device)
+            if cfg.best_by not in record0:
+                raise GeobuildError(f"best_by '{cfg.best_by}' is not a validation figure; choose one of: {', '.join(sorted(record0))}")
+            best_value = record0[cfg.best_by]
+            _save(checkpoint(0, best_value=best_value, best_record=record0), best_path)
+            log.info("epoch 0 (untrained): %s=%.4g", cfg.best_by, best_value)
     ran = 0
     for epoch in range(start, cfg.epochs):
         if cfg.stop_after is not None and ran >= cfg.stop_after:
@@ -502,17 +539,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             record.update(validation_metrics(model, val_groups, cfg, loss_fn, device))
         record["seconds"] = round(time.time() - t0, 3)
         history.append(record)
-        ckpt = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "epoch": epoch + 1,
-            "config": asdict(cfg),
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "history": history,
-            "data": data_info,
-        }
+        ckpt = checkpoint(epoch + 1)
+        value = record.get(cfg.best_by) if cfg.best_by and val_groups is not None else None
+        if value is not None and (best_value is None or value > best_value):
+            best_value = value
+            _save(checkpoint(epoch + 1, best_value=value, best_record=record), best_path)
         path = out / "checkpoints" / f"epoch-{epoch + 1:04d}.pt"
         _save(ckpt, path)
         _save(ckpt, out / "checkpoints" / "last.pt")
@@ -527,6 +558,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     final = {"epochs_done": len(history), "finished": len(history) >= cfg.epochs, "data": data_info}
     if history:
         final["metrics"] = {k: v for k, v in history[-1].items() if k != "seconds"}
+    if best_path.exists():
+        best = load_checkpoint(best_path)
+        final["best"] = {"epoch": best["epoch"], cfg.best_by: best.get("best_value")}
     final["config"] = asdict(cfg)
     if final["finished"]:
         out.joinpath("final.json").parent.mkdir(parents=True, exist_ok=True)
