@@ -244,6 +244,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=OPTIONS",
                     help="A labelled set of extra train-ranker options (repeatable); default: one unlabelled variant.")
     ap.add_argument("--protocol", default="georanker", help="geobuild eval --protocol (georanker or groups).")
+    ap.add_argument("--all-losses", default="", metavar="LABEL",
+                    help="The variant that also runs --more-losses (the others run --losses only).")
+    ap.add_argument("--more-losses", default="first-order,pointwise,pairwise", help="Losses of the --all-losses variant.")
     ap.add_argument("--label", default="", help="Label for the results heading.")
     ap.add_argument("--until", choices=("pipeline", "all"), default="all", help="Stop after the data pipeline.")
     args = ap.parse_args()
@@ -265,7 +268,8 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     for label, opts in args.variants:
         tag = "-".join(x for x in (args.label.replace(" ", "_"), label) if x)
-        results.update(train_and_eval(work, log, losses, args.seeds, args.epochs, extra + shlex.split(opts),
+        more = [x for x in args.more_losses.split(",") if x and x not in losses] if label == args.all_losses else []
+        results.update(train_and_eval(work, log, losses + more, args.seeds, args.epochs, extra + shlex.split(opts),
                                       tag=tag, protocol=args.protocol, label=label))
     write_results(args.out, results, info, args, time.time() - t0, (load0, load_average()))
 

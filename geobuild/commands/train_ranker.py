@@ -64,13 +64,13 @@ def register(app: typer.Typer) -> None:
             loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
             schedule=schedule, distance=distance, seed=seed,
             d_model=d_model, layers=layers, location=location, device=device, threads=threads, stop_after=stop_after,
-            embed_cache=str(embed_cache) if embed_cache else None, best_by=best_by,
+            embed_cache=str(embed_cache) if embed_cache else None, best_by=best_by, residual=residual,
+            retrieval_features=retrieval_features,
         )
         if vlm_path is not None:
             given["model_options"] = {**cfg.model_options, "vlm_path": vlm_path}
-        for name, flag in (("consensus", consensus), ("residual", residual), ("retrieval_features", retrieval_features)):
-            if flag is not None:
-                given["model_options"] = {**cfg.model_options, **given.get("model_options", {}), name: flag}
+        if consensus is not None:
+            given["model_options"] = {**cfg.model_options, **given.get("model_options", {}), "consensus": consensus}
         if sources is not None:
             given["sources"] = [s.strip() for s in sources.split(",") if s.strip()]
         if val_split is not None:

@@ -13,7 +13,8 @@ A small transformer encoder runs over ``[query token, candidate tokens]`` so can
 query are scored jointly; a head maps each candidate token to its score. There are no position
 embeddings: the model is equivariant to the order of the candidates.
 
-Two options let it keep the retrieval order when it has nothing better (``model_options``):
+Two settings let it keep the retrieval order when it has nothing better (``train-ranker`` settings;
+older checkpoints name them in ``model_options``):
 
 * ``retrieval_features``: each candidate's retrieval score, its margin to the best score of its
   source in the group and its ratio to it (cosine similarity for photos, kernel density for GPS
@@ -246,8 +247,8 @@ def build(cfg: dict, ctx: ModelContext) -> CompactRanker:
         location=location,
         rff_seed=0,
         consensus=bool(opts.get("consensus", False)),
-        retrieval=bool(opts.get("retrieval_features", False)),
-        residual=bool(opts.get("residual", False)),
+        retrieval=bool(cfg.get("retrieval_features") or opts.get("retrieval_features", False)),
+        residual=bool(cfg.get("residual") or opts.get("residual", False)),
     )
     return model.attach(emb, loc_table)
 

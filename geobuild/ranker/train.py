@@ -91,6 +91,8 @@ class TrainConfig:
     layers: int = 2
     heads: int = 4
     dropout: float = 0.1
+    residual: bool = False  # compact: score = learned (source, rank) prior + correction, starting at retrieval's order
+    retrieval_features: bool = False  # compact: retrieval score, margin and ratio to the best of its source
     location: str = "rff"
     rff_dim: int = 128
     text_dim: int = 256
@@ -100,8 +102,9 @@ class TrainConfig:
     threads: int | None = None
     embed_cache: str | None = None  # photo-embedding cache folder (default OUT/embed-cache); shareable between runs
     keep_checkpoints: int = 0  # 0 keeps every epoch's checkpoint
-    #: keep checkpoints/best.pt, the epoch (0: untrained) with the highest validation figure: val_acc_mean
-    #: (mean accuracy over the thresholds), a val_acc@<t>km, or val_top1_hit; none: evaluate the last epoch
+    #: keep checkpoints/best.pt, the epoch (0: untrained) with the best validation figure: val_acc_mean
+    #: (mean accuracy over the thresholds), a val_acc@<t>km, val_top1_hit (highest), or val_loss,
+    #: val_median_km (lowest); none: evaluate the last epoch
     best_by: str | None = None
     stop_after: int | None = None  # stop after this many epochs in this invocation (resume later)
 
@@ -490,6 +493,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     best_path = out / "checkpoints" / "best.pt"
     best_value = None
+
+    def better(value: float, than: float) -> bool:
+        """Higher is better, except for a loss or a median error (ties keep the earlier epoch)."""
+        lower = "loss" in (cfg.best_by or "") or (cfg.best_by or "").endswith("median_km")
+        return value < than if lower else value > than
     if cfg.best_by and val_groups is None:
         log.warning("best_by=%s needs a validation split; the last epoch is evaluated", cfg.best_by)
     elif cfg.best_by:
@@ -541,7 +549,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         history.append(record)
         ckpt = checkpoint(epoch + 1)
         value = record.get(cfg.best_by) if cfg.best_by and val_groups is not None else None
-        if value is not None and (best_value is None or value > best_value):
+        if value is not None and (best_value is None or better(value, best_value)):
             best_value = value
             _save(checkpoint(epoch + 1, best_value=value, best_record=record), best_path)
         path = out / "checkpoints" / f"epoch-{epoch + 1:04d}.pt"
