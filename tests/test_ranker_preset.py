@@ -163,3 +163,17 @@ def test_preset_trains_end_to_end_offline(bundle, tiny_dir, tmp_path):
                               "--vlm-path", str(tiny_dir), "--group-size", "3", "--stop-after", "0"])
     assert res.exit_code == 0, res.output
     assert yaml.safe_load((tmp_path / "o2" / "config.yaml").read_text())["group_size"] == 3
+
+
+def test_georanker_wording_of_a_gps_candidate():
+    """A candidate without a photo is asked about as GeoRanker's evaluate.py asks about its GPS candidates."""
+    from PIL import Image
+
+    from geobuild.ranker.vlm_prompts import RankCandidate, RankGroup
+
+    group = RankGroup(Image.new("RGB", (8, 8)), [], negatives=["latitude: 1.5, longitude: 2.25, a b c"])
+    messages, images = build_messages(group, RankCandidate(48.8566, 2.3522, "Paris  France"), style="georanker")
+    assert [c.get("text") for c in messages[0]["content"]] == [
+        None, "How far is this place from latitude: 48.8566, longitude: 2.3522?",
+        "Negative examples: latitude: 1.5, longitude: 2.25, a b c"]
+    assert len(images) == 1

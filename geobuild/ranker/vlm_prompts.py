@@ -8,7 +8,9 @@ Two wordings (``style``):
 * ``georanker``: GeoRanker's training prompt word for word (``finetune_geo_ranker.py``): query
   photo, ``How far is this place from latitude: {lat}, longitude: {lon}, {texts}?`` with the
   coordinates as Python prints the stored floats and the texts joined by one space (empty ones
-  included), the candidate photo, then ``Negative examples: {'; '.join(negatives)}``.
+  included), the candidate photo, then ``Negative examples: {'; '.join(negatives)}``; a candidate
+  without a photo (a GPS candidate) as GeoRanker's ``evaluate.py`` asks about one:
+  ``How far is this place from latitude: {lat}, longitude: {lon}?`` and no second image.
 """
 
 from __future__ import annotations
@@ -70,10 +72,10 @@ def build_messages(
 
 
 def _georanker_messages(group: RankGroup, cand: RankCandidate) -> tuple[list[dict[str, Any]], list["Image.Image"]]:
-    content: list[dict[str, Any]] = [
-        {"type": "image"},
-        {"type": "text", "text": f"How far is this place from latitude: {cand.lat}, longitude: {cand.lon}, {cand.text}?"},
-    ]
+    # a candidate without a photo is one of GeoRanker's GPS ("zero-shot") candidates: evaluate.py
+    # asks about its coordinates only
+    where = f"latitude: {cand.lat}, longitude: {cand.lon}" + (f", {cand.text}" if cand.image is not None else "")
+    content: list[dict[str, Any]] = [{"type": "image"}, {"type": "text", "text": f"How far is this place from {where}?"}]
     images = [_rgb(group.query_image)]
     if cand.image is not None:
         content.append({"type": "image"})
