@@ -86,3 +86,29 @@ def test_residual_model_starts_at_retrieval_and_best_epoch_is_kept(tmp_path):
                                    "--protocol", "georanker", "--out", str(tmp_path / "e.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "e.json").read_text())["info"]["epoch"] == best["epoch"]
+
+
+def test_retrieval_gate_by_hand():
+    from geobuild.ranker.metrics import apply_gate, choose_gate, ranker_errors, retrieval_position
+
+    def row(key, dists, sources):
+        n = len(dists)
+        ranks = [sum(1 for s in sources[:i] if s == sources[i]) for i in range(n)]
+        return {"key": key, "lat": 1.0, "lon": 1.0, "cand_lat": [2.0] * n, "cand_lon": [1.0] * n,
+                "cand_source": sources, "cand_rank": ranks, "query_km": dists}
+
+    # group 0: a GPS point first in the list, retrieval's first photo at position 1 (10 km)
+    rows = [row("a", [900.0, 10.0, 3000.0], ["gps", "image", "image"]),
+            row("b", [5000.0, 20.0, 100.0], ["image", "image", "gps"])]
+    g = groups_from_rows(rows, GroupSpec(group_size=3, sources=("image", "gps"), select="order"), "gate")
+    assert retrieval_position(g).tolist() == [1, 0]
+    scores = np.array([[2.0, 1.5, 0.0], [0.0, 0.5, 3.0]], dtype=np.float32)
+    # margins over retrieval's photo: 0.5 (a, ranker picks 900 km) and 3.0 (b, ranker picks 100 km)
+    assert ranker_errors(apply_gate(scores, g, 1.0), g).tolist() == [10.0, 100.0]
+    assert ranker_errors(apply_gate(scores, g, 0.0), g).tolist() == [900.0, 100.0]
+    assert ranker_errors(apply_gate(scores, g, np.inf), g).tolist() == [10.0, 5000.0]
+    # mean accuracy over the thresholds: gate inf (10, 5000 km) 40, gate 0 (900, 100 km) 40, a gate
+    # between the margins 0.5 and 3.0 (10, 100 km) 70; candidates are 0, the deciles of the positive
+    # margins (0.75 .. 2.75) and inf, and among equal ones the largest wins: 0.5 + 0.9 * 2.5
+    tau, s = choose_gate(scores, g)
+    assert tau == pytest.approx(2.75) and s["acc@25km"] == 50.0 and s["acc@200km"] == 100.0

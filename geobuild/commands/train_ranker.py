@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         consensus: Optional[bool] = typer.Option(None, "--consensus/--no-consensus", help="Compact model: candidate-agreement features (share of the group's other candidates within 25/200/750/2500 km; default off)."),
         residual: Optional[bool] = typer.Option(None, "--residual/--no-residual", help="Compact model: score = learned (source, rank) prior + correction, starting exactly at retrieval's order."),
         retrieval_features: Optional[bool] = typer.Option(None, "--retrieval-features/--no-retrieval-features", help="Compact model: each candidate's retrieval score, margin and ratio to the best of its source."),
+        gate: Optional[bool] = typer.Option(None, "--gate/--no-gate", help="After training, fit on the validation split by how much the ranker must beat retrieval's first photo to replace it; eval applies it."),
         best_by: Optional[str] = typer.Option(None, "--best-by", help="Keep checkpoints/best.pt, the epoch (0: untrained) with the best validation figure, e.g. val_acc_mean; eval of OUT uses it."),
         location: Optional[str] = typer.Option(None, "--location", help="Coordinate features: rff (default) or geoclip (pretrained location encoder)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu (default), cuda or auto."),
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
             loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
             schedule=schedule, distance=distance, seed=seed,
             d_model=d_model, layers=layers, location=location, device=device, threads=threads, stop_after=stop_after,
-            embed_cache=str(embed_cache) if embed_cache else None, best_by=best_by, residual=residual,
+            embed_cache=str(embed_cache) if embed_cache else None, best_by=best_by, gate=gate, residual=residual,
             retrieval_features=retrieval_features,
         )
         if vlm_path is not None:

@@ -24,7 +24,7 @@ from ..core.log import get_logger
 from ..core.runfolder import atomic_path
 from .data import GroupSpec, Groups, groups_from_dataset, groups_from_run
 from .images import ImageSource, folder_images, published_images
-from .metrics import gap_closed, oracle_errors, ranker_errors, retrieval_errors, summary, top1_hit_rate
+from .metrics import apply_gate, gap_closed, oracle_errors, ranker_errors, retrieval_errors, summary, top1_hit_rate
 from .protocol import PROTOCOLS, Protocol, get_protocol
 
 log = get_logger("ranker.eval")
@@ -128,6 +128,9 @@ def evaluate(
         seen = np.ones(len(groups), dtype=bool)
     scores = np.zeros(groups.dists.shape, dtype=np.float32)
     scores[seen] = score_groups(model, groups.subset(seen), batch_size, device)
+    gate = ckpt.get("gate")
+    if gate is not None:  # fitted on the validation split: retrieval's first photo stays unless clearly beaten
+        scores = apply_gate(scores, groups, float(gate))
     return report(groups, scores, strict=proto.strict, protocol=proto, evaluated=seen, missing=missing, info={
         "checkpoint": str(checkpoint),
         "epoch": int(ckpt["epoch"]),
@@ -136,6 +139,7 @@ def evaluate(
         "seed": cfg.seed,
         "source": str(run if run is not None else f"{data}:{split}"),
         "gallery": str(gallery) if gallery else None,
+        "gate": gate,
     })
 
 

@@ -106,6 +106,9 @@ class TrainConfig:
     #: (mean accuracy over the thresholds), a val_acc@<t>km, val_top1_hit (highest), or val_loss,
     #: val_median_km (lowest); none: evaluate the last epoch
     best_by: str | None = None
+    #: after training, fit on the validation split the margin by which the ranker's choice must beat
+    #: retrieval's first photo to replace it (stored in the evaluated checkpoint; eval applies it)
+    gate: bool = False
     stop_after: int | None = None  # stop after this many epochs in this invocation (resume later)
 
     @classmethod
@@ -566,6 +569,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     final = {"epochs_done": len(history), "finished": len(history) >= cfg.epochs, "data": data_info}
     if history:
         final["metrics"] = {k: v for k, v in history[-1].items() if k != "seconds"}
+    if cfg.gate and final["finished"] and val_groups is not None:
+        final["gate"] = fit_gate(model, val_groups, out, cfg, device)
     if best_path.exists():
         best = load_checkpoint(best_path)
         final["best"] = {"epoch": best["epoch"], cfg.best_by: best.get("best_value")}
@@ -575,3 +580,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         with atomic_path(out / "final.json") as tmp:
             tmp.write_text(json.dumps(final, indent=2, sort_keys=True, default=str) + "\n")
     return final
+
+
+def fit_gate(model, val_groups: Groups, out: Path, cfg: TrainConfig, device: str) -> float:
+    """Fit the retrieval gate (:func:`geobuild.ranker.metrics.choose_gate`) of the checkpoint that
+    ``geobuild eval OUT`` uses, on the validation groups, and store it in that checkpoint."""
+    from .metrics import choose_gate
+
+    target = out / "checkpoints" / "best.pt"
+    target = target if target.exists() else out / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(target)
+    model.load_state_dict(ckpt["model"])
+    tau, record = choose_gate(score_groups(model, val_groups, cfg.batch_size, device), val_groups)
+    ckpt["gate"], ckpt["gate_record"] = tau, record
+    _save(ckpt, target)
+    log.info("retrieval gate: the ranker replaces retrieval's first photo when it beats it by more than %.4g", tau)
+    return tau
+
+
+def gate_checkpoint(out: str | Path, device: str = "cpu") -> float:
+    """Fit the retrieval gate of a finished training folder (as ``gate: true`` does at the end of training)."""
+    from .models import ModelContext, build_model
+
+    out = Path(out)
+    cfg = TrainConfig(**{k: v for k, v in load_checkpoint(out)["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+    if not cfg.val_split:
+        raise GeobuildError(f"{out} was trained without a validation split; the gate is fitted on it")
+    val = groups_from_dataset(data_source(cfg), cfg.val_split, cfg.group_spec(), config=cfg.data_config)
+    ctx = ModelContext([val], image_source_for(cfg), out, device, embed_cache=Path(cfg.embed_cache) if cfg.embed_cache else None)
+    model = build_model(cfg.model, asdict(cfg), ctx).to(device)
+    return fit_gate(model, usable(model, val), out, cfg, device)
