@@ -150,6 +150,21 @@ def load_average() -> str:
         return "unknown"
 
 
+def validation_record(result: dict) -> dict:
+    """The validation figures (training authors' validation split) of the checkpoint a result evaluated."""
+    out = Path(result["info"]["checkpoint"])
+    epoch = int(result["info"]["epoch"])
+    if epoch == 0:
+        import torch
+
+        return torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)["best_record"]
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["epoch"] == epoch:
+            return record
+    return {}
+
+
 def fmt(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
@@ -207,6 +222,23 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float, l
     for loss, runs in results.items():
         lines.append(f"| {loss} | " + " | ".join(
             fmt([r["rows"]["ranker"][c] - r["rows"]["top-1 retrieval"][c] for r in runs]) for c in cols) + " |")
+    lines += [
+        "",
+        "## Validation split of the training authors (what the defaults are chosen on)",
+        "",
+        "Mean over seeds of the evaluated checkpoint's validation figures (publish's validation split: "
+        "gallery authors only, never a test author); epoch = the checkpoint `geobuild eval` used per seed.",
+        "",
+        "| ranker | val mean acc | " + " | ".join(f"val < {t} km" for t in THRESHOLDS) + " | epochs |",
+        "|---|---|" + "---|" * (len(THRESHOLDS) + 1),
+    ]
+    for loss, runs in results.items():
+        recs = [validation_record(r) for r in runs]
+        if not all(recs):
+            continue
+        lines.append(f"| {loss} | {fmt([x.get('val_acc_mean', float('nan')) for x in recs])} | "
+                     + " | ".join(fmt([x[f'val_{c}'] for x in recs]) for c in cols)
+                     + f" | {', '.join(str(r['info']['epoch']) for r in runs)} |")
     lines += [
         "",
         "## Share of the retrieval -> oracle gap closed by the ranker (mean ± std over seeds)",

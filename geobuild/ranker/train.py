@@ -91,8 +91,8 @@ class TrainConfig:
     layers: int = 2
     heads: int = 4
     dropout: float = 0.1
-    residual: bool = False  # compact: score = learned (source, rank) prior + correction, starting at retrieval's order
-    retrieval_features: bool = False  # compact: retrieval score, margin and ratio to the best of its source
+    residual: bool = True  # compact: score = learned (source, rank) prior + correction, starting at retrieval's order
+    retrieval_features: bool = True  # compact: retrieval score, margin and ratio to the best of its source
     location: str = "rff"
     rff_dim: int = 128
     text_dim: int = 256
@@ -104,8 +104,9 @@ class TrainConfig:
     keep_checkpoints: int = 0  # 0 keeps every epoch's checkpoint
     #: keep checkpoints/best.pt, the epoch (0: untrained) with the best validation figure: val_acc_mean
     #: (mean accuracy over the thresholds), a val_acc@<t>km, val_top1_hit (highest), or val_loss,
-    #: val_median_km (lowest); none: evaluate the last epoch
-    best_by: str | None = None
+    #: val_median_km (lowest); none: evaluate the last epoch; auto: val_acc_mean for the compact
+    #: model (chosen on the IM2GPS3K author split's validation authors), none for the VLM
+    best_by: str | None = "auto"
     #: after training, fit on the validation split the margin by which the ranker's choice must beat
     #: retrieval's first photo to replace it (stored in the evaluated checkpoint; eval applies it)
     gate: bool = False
@@ -272,6 +273,8 @@ def resolve_device(device: str) -> str:
 
 
 SCHEDULES = ("cosine", "linear")
+#: ``best_by: auto`` per model
+AUTO_BEST_BY = {"compact": "val_acc_mean"}
 
 
 def _lr_lambda(warmup: int, total: int, schedule: str = "cosine"):
@@ -496,6 +499,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     best_path = out / "checkpoints" / "best.pt"
     best_value = None
+    if cfg.best_by == "auto":
+        cfg.best_by = AUTO_BEST_BY.get(cfg.model) if val_groups is not None else None
+    elif cfg.best_by in ("none", ""):
+        cfg.best_by = None
 
     def better(value: float, than: float) -> bool:
         """Higher is better, except for a loss or a median error (ties keep the earlier epoch)."""
