@@ -152,12 +152,18 @@ def load_average() -> str:
 
 def validation_record(result: dict) -> dict:
     """The validation figures (training authors' validation split) of the checkpoint a result evaluated."""
+    import torch
+
     out = Path(result["info"]["checkpoint"])
     epoch = int(result["info"]["epoch"])
+    used = out / "checkpoints" / "best.pt"
+    ckpt = torch.load(used if used.exists() else out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    if ckpt.get("gate_record"):  # the gated ranking, as eval applies it
+        rec = {f"val_{k}": v for k, v in ckpt["gate_record"].items()}
+        rec["val_acc_mean"] = statistics.mean(v for k, v in ckpt["gate_record"].items() if k.startswith("acc@"))
+        return rec
     if epoch == 0:
-        import torch
-
-        return torch.load(out / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)["best_record"]
+        return ckpt["best_record"]
     for line in (out / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record["epoch"] == epoch:

@@ -91,8 +91,8 @@ class TrainConfig:
     layers: int = 2
     heads: int = 4
     dropout: float = 0.1
-    residual: bool = True  # compact: score = learned (source, rank) prior + correction, starting at retrieval's order
-    retrieval_features: bool = True  # compact: retrieval score, margin and ratio to the best of its source
+    residual: bool = False  # compact: score = learned (source, rank) prior + correction, starting at retrieval's order
+    retrieval_features: bool = False  # compact: retrieval score, margin and ratio to the best of its source
     location: str = "rff"
     rff_dim: int = 128
     text_dim: int = 256
