@@ -90,6 +90,10 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
 
+#: value heads: geobuild's (with bias) and GeoRanker's (without)
+HEADS = ("geobuild", "georanker")
+
+
 @dataclass
 class VlmSettings:
     """How to load and run the backbone."""
@@ -108,9 +112,6 @@ class VlmSettings:
             raise GeobuildError(f"unknown VLM prompt '{self.prompt}' (choose {' or '.join(STYLES)})")
         if self.value_head not in HEADS:
             raise GeobuildError(f"unknown value head '{self.value_head}' (choose {' or '.join(HEADS)})")
-
-
-HEADS = ("geobuild", "georanker")
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
