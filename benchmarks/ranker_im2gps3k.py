@@ -8,9 +8,12 @@ skips what is finished):
 2. ``geobuild shard`` / ``embed`` (EfficientNet-Lite0) for both runs, ``index`` (flat + GeoCLIP GPS
    gallery) for the gallery, ``mine`` (the gallery's own queries; the test queries with
    ``--gallery``), ``distances``, ``publish`` the gallery run as a dataset folder;
-3. ``geobuild train-ranker`` on the published folder: losses x seeds;
-4. ``geobuild eval`` of every checkpoint on the test run; mean and spread over seeds, and the share
-   of the top-1 retrieval -> oracle gap the ranker closes; writes ``benchmarks/results/ranker.md``.
+3. ``geobuild train-ranker`` on the published folder: variants x losses x seeds (a variant is a
+   label and extra train-ranker options, ``--variant 'residual=--residual --best-by val_acc_mean'``);
+4. ``geobuild eval`` of every checkpoint on the test run under ``--protocol`` (default ``georanker``:
+   first 12 retrieval + first 3 GPS candidates, geodesic km, strict <, all test queries counted);
+   mean and spread over seeds, and the share of the top-1 retrieval -> oracle gap the ranker
+   closes; writes ``benchmarks/results/ranker.md``.
 
     python -m benchmarks.ranker_im2gps3k [--work runs/ranker_im2gps3k] [--epochs 15]
 """
@@ -104,24 +107,68 @@ def pipeline(work: Path, log: Path, k_image: int, k_gps: int) -> dict:
     return info
 
 
+def seed_embed_cache(work: Path, encoder: str = "efficientnet-lite0") -> int:
+    """Fill train-ranker's photo-embedding cache from the embed stage's outputs of the two runs (the
+    same EfficientNet-Lite0 vectors the index searched), instead of embedding every photo again."""
+    from geobuild.artifacts.embeddings import embedded_units, read_embeddings
+    from geobuild.ranker.images import seed_cache
+
+    vectors = {}
+    for run in (work / "gallery", work / "test"):
+        for unit in embedded_units(run):
+            emb, meta = read_embeddings(run, unit)
+            vectors.update(zip(meta["key"].tolist(), emb))
+    tars = sorted((work / "published" / "images").rglob("*.tar")) + sorted((work / "gallery" / "shards").glob("*.tar")) \
+        + sorted((work / "test" / "shards").glob("*.tar"))
+    return sum(seed_cache(work / "embed-cache", encoder, t, vectors) for t in tars)
+
+
 def train_and_eval(work: Path, log: Path, losses: list[str], seeds: list[int], epochs: int, extra: list[str],
-                   tag: str = "") -> dict:
+                   tag: str = "", protocol: str = "groups", label: str = "") -> dict:
     pub, gal, test = work / "published", work / "gallery", work / "test"
     cache = work / "embed-cache"
     results: dict[str, list[dict]] = {}
     for loss in losses:
         for seed in seeds:
-            name = f"{tag + '-' if tag else ''}{loss}-seed{seed}-{epochs}ep"
+            name = f"{tag + '-' if tag else ''}{loss}-seed{seed}-{epochs}ep{'-' + protocol if protocol != 'groups' else ''}"
             out = work / "train" / name
             finished = (out / "final.json").exists()
             resume = ["--resume"] if not finished and (out / "checkpoints" / "last.pt").exists() else []
             gb("train-ranker", "--data", str(pub), "--out", str(out), "--loss", loss, "--seed", str(seed),
                "--epochs", str(epochs), "--embed-cache", str(cache), *extra, *resume, log=log, done=finished)
             report = work / "eval" / f"{name}.json"
-            gb("eval", "--checkpoint", str(out), "--run", str(test), "--gallery", str(gal),
+            gb("eval", "--checkpoint", str(out), "--run", str(test), "--gallery", str(gal), "--protocol", protocol,
                "--cache", str(cache), "--out", str(report), log=log, done=report.exists())
-            results.setdefault(loss, []).append(json.loads(report.read_text()))
+            results.setdefault(f"{label}, {loss}" if label else loss, []).append(json.loads(report.read_text()))
     return results
+
+
+def load_average() -> str:
+    try:
+        return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def validation_record(result: dict) -> dict:
+    """The validation figures (training authors' validation split) of the checkpoint a result evaluated."""
+    import torch
+
+    out = Path(result["info"]["checkpoint"])
+    epoch = int(result["info"]["epoch"])
+    used = out / "checkpoints" / "best.pt"
+    ckpt = torch.load(used if used.exists() else out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    if ckpt.get("gate_record"):  # the gated ranking, as eval applies it
+        rec = {f"val_{k}": v for k, v in ckpt["gate_record"].items()}
+        rec["val_acc_mean"] = statistics.mean(v for k, v in ckpt["gate_record"].items() if k.startswith("acc@"))
+        return rec
+    if epoch == 0:
+        return ckpt["best_record"]
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["epoch"] == epoch:
+            return record
+    return {}
 
 
 def fmt(values: list[float]) -> str:
@@ -130,10 +177,11 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def write_results(path: Path, results: dict, info: dict, args, seconds: float) -> None:
+def write_results(path: Path, results: dict, info: dict, args, seconds: float, loads: tuple[str, str] = ("", "")) -> None:
     cols = [f"acc@{t}km" for t in THRESHOLDS]
     first = next(iter(results.values()))[0]
     base = first["info"]
+    proto = first.get("protocol", {}).get("description", "groups of the checkpoint")
     lines = [
         f"# Compact ranker on IM2GPS3K (split by author, {args.epochs} epochs{', ' + args.label if args.label else ''})",
         "",
@@ -142,7 +190,9 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float) -
         f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores (shared with other jobs), "
         f"Python {platform.python_version()}; CPU only (no GPU in this environment, so no GPU figures). "
         f"Wall time of this invocation: {seconds / 60:.1f} min"
-        + (" (the data pipeline, and any finished training or evaluation, was reused from an earlier invocation)." if SKIP else "."),
+        + (" (the data pipeline, and any finished training or evaluation, was reused from an earlier invocation)." if SKIP else ".")
+        + (f" Load average (1/5/15 min) at the start {loads[0]}, at the end {loads[1]}: other people's tests, "
+           "embedding and training jobs shared the 2 cores throughout, so no timing here is a clean figure." if loads[0] else ""),
         "",
         "## Setup",
         "",
@@ -150,10 +200,11 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float) -
         f"test queries: the other {info['test_photos']} photos, mined against the gallery only (`mine --gallery`).",
         f"- Features: EfficientNet-Lite0 (frozen), flat faiss index, GeoCLIP GPS gallery; candidates per query: "
         f"{args.k_image} image + {args.k_gps} GPS (same-author gallery photos excluded).",
-        f"- Groups: {base['group_size']} candidates (image and GPS candidates interleaved); test groups evaluated: "
-        f"{base['groups']} (skipped: {base['skipped'] or 'none'}).",
-        f"- Ranker: compact cross-encoder (2-layer transformer over [query, candidates]), {args.epochs} epochs, "
-        f"seeds {', '.join(map(str, args.seeds))}; accuracy counts errors strictly below each threshold.",
+        f"- Evaluation protocol: {proto}; test queries: {base.get('queries', base['groups'])} "
+        f"(not evaluated, counted wrong: {base.get('not_evaluated', 0)}).",
+        f"- Ranker: compact cross-encoder (transformer over [query, candidates]), {args.epochs} epochs, "
+        f"seeds {', '.join(map(str, args.seeds))}; extra train-ranker options: `{args.train_args or 'none'}`"
+        + "".join(f"; variant `{v}`: `{a or 'none'}`" for v, a in args.variants) + ".",
         "",
         "## Accuracy on the test queries (%; mean ± sample std over seeds)",
         "",
@@ -169,6 +220,33 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float) -
         lines.append(f"| ranker, {loss} | " + " | ".join(vals) + f" | {med} |")
     lines += [
         "",
+        "## Ranker minus top-1 retrieval (points; mean ± std over seeds)",
+        "",
+        "| ranker | " + " | ".join(f"< {t} km" for t in THRESHOLDS) + " |",
+        "|---|" + "---|" * len(THRESHOLDS),
+    ]
+    for loss, runs in results.items():
+        lines.append(f"| {loss} | " + " | ".join(
+            fmt([r["rows"]["ranker"][c] - r["rows"]["top-1 retrieval"][c] for r in runs]) for c in cols) + " |")
+    lines += [
+        "",
+        "## Validation split of the training authors (what the defaults are chosen on)",
+        "",
+        "Mean over seeds of the evaluated checkpoint's validation figures (publish's validation split: "
+        "gallery authors only, never a test author); epoch = the checkpoint `geobuild eval` used per seed.",
+        "",
+        "| ranker | val mean acc | " + " | ".join(f"val < {t} km" for t in THRESHOLDS) + " | epochs |",
+        "|---|---|" + "---|" * (len(THRESHOLDS) + 1),
+    ]
+    for loss, runs in results.items():
+        recs = [validation_record(r) for r in runs]
+        if not all(recs):
+            continue
+        lines.append(f"| {loss} | {fmt([x.get('val_acc_mean', float('nan')) for x in recs])} | "
+                     + " | ".join(fmt([x[f'val_{c}'] for x in recs]) for c in cols)
+                     + f" | {', '.join(str(r['info']['epoch']) for r in runs)} |")
+    lines += [
+        "",
         "## Share of the retrieval -> oracle gap closed by the ranker (mean ± std over seeds)",
         "",
         "gap closed = (ranker − top-1 retrieval) / (oracle − top-1 retrieval), per threshold; negative = worse than retrieval.",
@@ -182,7 +260,8 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float) -
     for loss, runs in results.items():
         for r in runs:
             lines.append(f"- {loss}, seed {r['info']['seed']}: " + " / ".join(f"{r['rows']['ranker'][c]:.2f}" for c in cols)
-                         + f", median {r['rows']['ranker']['median_km']:.1f} km, top-1 hit {100 * r['info']['top1_hit']:.1f}%")
+                         + f", median {r['rows']['ranker']['median_km']:.1f} km, top-1 hit {100 * r['info']['top1_hit']:.1f}%"
+                         + f", checkpoint epoch {r['info']['epoch']}")
     lines += ["", "## Commands", "", "```"] + COMMANDS + ["```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -198,12 +277,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15, help="Training epochs.")
     ap.add_argument("--k-image", type=int, default=10, help="Image candidates mined per query.")
     ap.add_argument("--k-gps", type=int, default=10, help="GPS candidates mined per query.")
-    ap.add_argument("--group-size", type=int, default=8, help="Candidates per ranked group.")
-    ap.add_argument("--train-args", default="", help="Extra train-ranker options, e.g. '--location geoclip'.")
+    ap.add_argument("--group-size", type=int, default=0, help="Candidates per ranked group (0: train-ranker's default or --train-args).")
+    ap.add_argument("--train-args", default="", help="Extra train-ranker options for every run, e.g. '--sources image:12,gps:3'.")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=OPTIONS",
+                    help="A labelled set of extra train-ranker options (repeatable); default: one unlabelled variant.")
+    ap.add_argument("--protocol", default="georanker", help="geobuild eval --protocol (georanker or groups).")
+    ap.add_argument("--all-losses", default="", metavar="LABEL",
+                    help="The variant that also runs --more-losses (the others run --losses only).")
+    ap.add_argument("--more-losses", default="first-order,pointwise,pairwise", help="Losses of the --all-losses variant.")
     ap.add_argument("--label", default="", help="Label for the results heading.")
     ap.add_argument("--until", choices=("pipeline", "all"), default="all", help="Stop after the data pipeline.")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.variants = [tuple(v.split("=", 1)) if "=" in v else (v, "") for v in args.variant] or [("", "")]
     losses = [s.strip() for s in args.losses.split(",") if s.strip()]
     if not ZIP.exists():
         raise SystemExit(f"sample data not found: {ZIP} (set GEOBUILD_SHARED)")
@@ -214,9 +300,16 @@ def main() -> None:
     info = pipeline(work, log, args.k_image, args.k_gps)
     if args.until == "pipeline":
         return
-    extra = ["--group-size", str(args.group_size), *shlex.split(args.train_args)]
-    results = train_and_eval(work, log, losses, args.seeds, args.epochs, extra, tag=args.label.replace(" ", "_"))
-    write_results(args.out, results, info, args, time.time() - t0)
+    extra = (["--group-size", str(args.group_size)] if args.group_size else []) + shlex.split(args.train_args)
+    load0 = load_average()
+    print(f"embedding cache seeded from the runs' embeddings for {seed_embed_cache(work)} tars", flush=True)
+    results: dict[str, list[dict]] = {}
+    for label, opts in args.variants:
+        tag = "-".join(x for x in (args.label.replace(" ", "_"), label) if x)
+        more = [x for x in args.more_losses.split(",") if x and x not in losses] if label == args.all_losses else []
+        results.update(train_and_eval(work, log, losses + more, args.seeds, args.epochs, extra + shlex.split(opts),
+                                      tag=tag, protocol=args.protocol, label=label))
+    write_results(args.out, results, info, args, time.time() - t0, (load0, load_average()))
 
 
 if __name__ == "__main__":

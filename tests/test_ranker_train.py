@@ -51,7 +51,8 @@ def test_compact_model_learns_and_beats_random(dataset, tmp_path):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     # 6 candidates per group: a random ranking picks the closest one 1 time in 6
     assert rows[-1]["val_top1_hit"] > 0.6
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"epoch-{i:04d}.pt" for i in range(1, 9)] + ["last.pt"]
+    # best.pt: the epoch with the best validation accuracy (train-ranker's default best_by for the compact model)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt"] + [f"epoch-{i:04d}.pt" for i in range(1, 9)] + ["last.pt"]
     final = json.loads((out / "final.json").read_text())
     assert final["finished"] and final["data"]["train_groups"] == 96 and final["data"]["val_groups"] == 40
     assert list((out / "embed-cache").rglob("*.npz"))

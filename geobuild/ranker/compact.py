@@ -12,6 +12,16 @@ they are opt-in.
 A small transformer encoder runs over ``[query token, candidate tokens]`` so candidates of one
 query are scored jointly; a head maps each candidate token to its score. There are no position
 embeddings: the model is equivariant to the order of the candidates.
+
+Two settings let it keep the retrieval order when it has nothing better (``train-ranker`` settings;
+older checkpoints name them in ``model_options``):
+
+* ``retrieval_features``: each candidate's retrieval score, its margin to the best score of its
+  source in the group and its ratio to it (cosine similarity for photos, kernel density for GPS
+  points);
+* ``residual``: score = a learned prior per (source, rank) + the head's correction; the prior starts
+  as a descending ramp (image 0 first, GPS candidates after image 1) and the head's last layer at
+  zero, so the untrained model ranks exactly as retrieval does (top-1 retrieval first).
 """
 
 from __future__ import annotations
@@ -59,6 +69,29 @@ def consensus_features(lat: torch.Tensor, lon: torch.Tensor, cos: torch.Tensor, 
     return torch.stack(feats, -1).float()
 
 
+def retrieval_features(score: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per candidate ``[score, score - best of its source, score / best of its source, known]``,
+    ``[B, G, 4]`` (0 where the score is unknown)."""
+    known = torch.isfinite(score) & mask
+    s = torch.where(known, score, torch.zeros_like(score))
+    margin = torch.zeros_like(s)
+    ratio = torch.zeros_like(s)
+    for code in range(3):
+        same = known & (source == code)
+        top = torch.where(same, s, torch.full_like(s, float("-inf"))).amax(1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        margin = torch.where(same, s - top, margin)
+        ratio = torch.where(same & (top > 0), s / top.clamp(min=1e-12), ratio)
+    return torch.stack([s, margin, ratio, known.float()], -1)
+
+
+def rank_prior() -> torch.Tensor:
+    """The residual model's starting prior ``[3, MAX_RANK]``: image rank r at -r, GPS and negative
+    candidates at -(r + 1.5), so retrieval's first photo ranks first."""
+    r = torch.arange(MAX_RANK, dtype=torch.float32)
+    return torch.stack([-r, -(r + 1.5), -(r + 1.5)])
+
+
 class CompactRanker(nn.Module):
     """Transformer cross-encoder over [query, candidates]; see the module docstring."""
 
@@ -74,6 +107,8 @@ class CompactRanker(nn.Module):
         location: str = "rff",
         rff_seed: int = 0,
         consensus: bool = False,
+        retrieval: bool = False,
+        residual: bool = False,
     ):
         super().__init__()
         if location not in ("rff", "geoclip"):
@@ -93,11 +128,16 @@ class CompactRanker(nn.Module):
         self.rank_emb = nn.Embedding(MAX_RANK, d_model)
         self.type_emb = nn.Embedding(2, d_model)
         self.consensus_proj = nn.Linear(2 * len(CONSENSUS_KM), d_model) if consensus else None
+        self.retrieval_proj = nn.Linear(4, d_model) if retrieval else None
         layer = nn.TransformerEncoderLayer(
             d_model, heads, dim_feedforward=2 * d_model, dropout=dropout, batch_first=True, norm_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, d_model), nn.GELU(), nn.Linear(d_model, 1))
+        self.prior = nn.Parameter(rank_prior()) if residual else None
+        if residual:  # the untrained model is the prior: retrieval order
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
         # frozen, per-dataset features (not part of the state dict)
         self.embeddings: Embeddings | None = None
         self._emb_tensor: torch.Tensor | None = None
@@ -161,11 +201,17 @@ class CompactRanker(nn.Module):
         )
         if self.consensus_proj is not None:
             cand = cand + self.consensus_proj(consensus_features(batch.cand_lat, batch.cand_lon, cos, has, batch.mask))
+        if self.retrieval_proj is not None:
+            score = batch.cand_score if batch.cand_score is not None else torch.full((B, G), float("nan"), device=dev)
+            cand = cand + self.retrieval_proj(retrieval_features(score, batch.cand_source, batch.mask))
         query = self.q_proj(q) + self.type_emb.weight[0]
         x = torch.cat([query[:, None, :], cand], 1)
         pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=dev), ~batch.mask], 1)
         h = self.encoder(x, src_key_padding_mask=pad)
-        return self.head(h[:, 1:]).squeeze(-1)
+        out = self.head(h[:, 1:]).squeeze(-1)
+        if self.prior is not None:
+            out = out + self.prior[batch.cand_source.clamp(0, 2), batch.cand_rank.clamp(0, MAX_RANK - 1)]
+        return out
 
 
 def _location_table(ctx: ModelContext) -> tuple[dict, np.ndarray]:
@@ -182,6 +228,10 @@ def _location_table(ctx: ModelContext) -> tuple[dict, np.ndarray]:
 
 def build(cfg: dict, ctx: ModelContext) -> CompactRanker:
     """Builder for the registry: embed the photos of ``ctx`` once and build the model."""
+    opts = dict(cfg.get("model_options") or {})
+    unknown = sorted(set(opts) - {"consensus", "retrieval_features", "residual"})
+    if unknown:
+        raise GeobuildError(f"unknown compact model option(s) {', '.join(unknown)}; known: consensus, residual, retrieval_features")
     emb = embed_images(ctx.images, cfg.get("encoder", "efficientnet-lite0"), ctx.cache_dir, device=ctx.device)
     location = cfg.get("location", "rff")
     loc_table = _location_table(ctx) if location == "geoclip" else None
@@ -196,7 +246,9 @@ def build(cfg: dict, ctx: ModelContext) -> CompactRanker:
         dropout=float(cfg.get("dropout", 0.1)),
         location=location,
         rff_seed=0,
-        consensus=bool((cfg.get("model_options") or {}).get("consensus", False)),
+        consensus=bool(opts.get("consensus", False)),
+        retrieval=bool(cfg.get("retrieval_features") or opts.get("retrieval_features", False)),
+        residual=bool(cfg.get("residual") or opts.get("residual", False)),
     )
     return model.attach(emb, loc_table)
 

@@ -4,12 +4,17 @@ A *group* is one query and ``group_size`` of its mined candidates, chosen from t
 for (``image``, ``gps``, ``negative``) in list order, interleaved across sources by default so a
 group mixes image neighbours and GPS-gallery points. Distances for the loss come from the
 dataset's ``query_km`` column (the distances stage) or ``cand_dist_km`` (the mine stage), and are
-recomputed with haversine only when neither is present.
+recomputed with haversine only when neither is present, or always from the coordinates with the
+method ``GroupSpec.distance`` names (``geodesic``: WGS-84, as GeoRanker computes them). A quota
+(``GroupSpec.quota``, e.g. the first 12 image and first 3 GPS candidates, GeoRanker's evaluation)
+takes the first candidates of each source in list order; with ``pad`` a shorter group is padded
+(``mask`` False) instead of skipped.
 
 GeoRanking rows (``img_id``, ``gps``, ``ref_gps``, ``ref_img_id``, ``ref_texts``: the ``georanker``
 config of a published dataset, or GeoRanker's own Parquet file) are read as GeoRanker's trainer
 reads them: entry 0 (the query's own hit) is skipped and entries ``1..group_size`` in order form the
-group; photos are looked up by the key of each image id, and distances are haversine km.
+group; photos are looked up by the key of each image id, and distances are haversine km unless
+``GroupSpec.distance`` says otherwise.
 
 Rows that cannot form a group are skipped and counted by reason (``Groups.skipped``); a missing
 required column is a :class:`~geobuild.core.errors.GeobuildError`.
@@ -25,7 +30,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from ..core.errors import GeobuildError
-from ..geo.sphere import haversine_km, valid_latlon
+from ..geo.geodesic import METHODS as DISTANCE_METHODS, distance_km
+from ..geo.sphere import valid_latlon
 from ..artifacts.georanking import negative_example_texts
 from ..core.log import get_logger
 
@@ -44,18 +50,34 @@ class GroupSpec:
 
     group_size: int = 8
     sources: tuple[str, ...] = ("image", "gps")
-    select: str = "interleave"  # interleave | order
+    select: str = "interleave"  # interleave | order | quota
     skip_first: bool = False  # GeoRanker's trainer drops entry 0 (the query's own retrieval hit)
+    #: select="quota": the first n candidates of each source in list order, sources in this order
+    #: (GeoRanker's evaluation: (("image", 12), ("gps", 3)))
+    quota: tuple[tuple[str, int], ...] = ()
+    pad: bool = False  # a shorter group is padded (mask False) instead of skipped
+    #: "dataset": the row's own distances (query_km / cand_dist_km; haversine when absent), or
+    #: recomputed from the coordinates with "haversine" or "geodesic" (WGS-84, as GeoRanker)
+    distance: str = "dataset"
 
     def __post_init__(self) -> None:
+        self.quota = tuple((str(s), int(n)) for s, n in self.quota)
+        if self.quota:
+            self.sources = tuple(s for s, _ in self.quota)
+            self.select = "quota"
+            self.group_size = sum(n for _, n in self.quota)
         self.sources = tuple(self.sources)
         bad = [s for s in self.sources if s not in SOURCES]
         if bad:
             raise GeobuildError(f"unknown candidate source(s) {bad}; choose from {', '.join(SOURCES)}")
-        if self.select not in ("interleave", "order"):
-            raise GeobuildError(f"unknown candidate selection '{self.select}' (interleave or order)")
+        if self.select not in ("interleave", "order", "quota"):
+            raise GeobuildError(f"unknown candidate selection '{self.select}' (interleave, order or quota)")
+        if self.select == "quota" and not self.quota:
+            raise GeobuildError("candidate selection 'quota' needs per-source counts, e.g. image:12,gps:3")
         if self.group_size < 2:
             raise GeobuildError(f"group size must be at least 2, got {self.group_size}")
+        if self.distance != "dataset" and self.distance not in DISTANCE_METHODS:
+            raise GeobuildError(f"unknown distance '{self.distance}' (dataset, {', '.join(DISTANCE_METHODS)})")
 
 
 @dataclass
@@ -78,6 +100,7 @@ class Groups:
     mask: np.ndarray  # bool [N, G]
     retrieval_km: np.ndarray  # float64 [N]: error of the first image candidate of the full list (nan: none)
     negative_texts: np.ndarray | None = None  # object [N]: GeoRanker's "negative examples" (last entries outside the group)
+    cand_score: np.ndarray | None = None  # float32 [N, G]: retrieval score within its source (nan: unknown)
     skipped: dict[str, int] = field(default_factory=dict)
     rows_read: int = 0
 
@@ -101,8 +124,9 @@ class Groups:
                 "cand_source", "cand_rank", "cand_texts", "dists", "mask", "retrieval_km",
             )
         }
-        if self.negative_texts is not None:
-            arrays["negative_texts"] = self.negative_texts[keep]
+        for name in ("negative_texts", "cand_score"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)[keep]
         return Groups(name=self.name, skipped=skipped, rows_read=self.rows_read, **arrays)
 
 
@@ -121,8 +145,12 @@ def is_georanking(columns: Iterable[str]) -> bool:
 
 
 def georanking_spec(spec: GroupSpec) -> GroupSpec:
-    """The group rule GeoRanker's trainer applies: skip entry 0, then entries 1..group_size in order."""
-    return GroupSpec(group_size=spec.group_size, sources=SOURCES, select="order", skip_first=True)
+    """The group rule GeoRanker's trainer applies: skip entry 0, then entries 1..group_size in order
+    (a per-source quota, padding and the distance method are kept)."""
+    if spec.quota:
+        return GroupSpec(quota=spec.quota, skip_first=True, pad=spec.pad, distance=spec.distance)
+    return GroupSpec(group_size=spec.group_size, sources=SOURCES, select="order", skip_first=True,
+                     pad=spec.pad, distance=spec.distance)
 
 
 def from_georanking(row: dict[str, Any]) -> dict[str, Any] | None:
@@ -181,6 +209,8 @@ def _select(sources: list[str], spec: GroupSpec, ok: np.ndarray) -> list[int]:
             ordered.append(i)
     if spec.select == "order":
         return ordered[: spec.group_size]
+    if spec.select == "quota":
+        return [i for s, n in spec.quota for i in per[s][:n]]
     out: list[int] = []
     pos = 0
     while len(out) < spec.group_size:
@@ -203,7 +233,7 @@ class _Builder:
         self.name = name
         self.rows: dict[str, list] = {k: [] for k in (
             "query_key", "query_id", "query_lat", "query_lon", "cand_key", "cand_id", "cand_lat", "cand_lon",
-            "cand_source", "cand_rank", "cand_texts", "dists", "retrieval_km", "negative_texts")}
+            "cand_source", "cand_rank", "cand_score", "cand_texts", "dists", "mask", "retrieval_km", "negative_texts")}
         self.skipped: Counter = Counter()
         self.read = 0
 
@@ -230,12 +260,16 @@ class _Builder:
         keys = list(row.get("cand_key") or [None] * n)
         ids = list(row.get("cand_id") or [None] * n)
         ranks = list(row.get("cand_rank") or list(range(n)))
+        scores = row.get("cand_score")
+        scores = [np.nan] * n if scores is None or len(scores) != n else [np.nan if x is None else x for x in scores]
         texts = list(row.get("cand_texts") or [[]] * n)
-        dist = row.get("query_km")
-        if dist is None:
+        dist = None if spec.distance != "dataset" else row.get("query_km")
+        if dist is None and spec.distance == "dataset":
             dist = row.get("cand_dist_km")
         if dist is None or len(dist) != n:
-            dist = haversine_km(lat, lon, clat, clon)
+            method = "haversine" if spec.distance == "dataset" else spec.distance
+            with np.errstate(invalid="ignore"):
+                dist = distance_km(float(lat), float(lon), clat, clon, method)
         dist = np.asarray([np.nan if x is None else x for x in dist], dtype=np.float64)
         if not (len(sources) == len(keys) == len(ids) == len(ranks) == len(texts) == n):
             self.skipped["misaligned_candidate_lists"] += 1
@@ -244,28 +278,33 @@ class _Builder:
         image_idx = [i for i in range(n) if sources[i] == "image" and ok[i]]
         retrieval = float(dist[min(image_idx, key=lambda i: (ranks[i], i))]) if image_idx else np.nan
         sel = _select(sources, spec, ok)
-        if len(sel) < G:
-            self.skipped["too_few_candidates"] += 1
+        if len(sel) < G and not (spec.pad and sel):
+            self.skipped["too_few_candidates" if sel else "no_candidates"] += 1
             return
+        npad = G - len(sel)
         r = self.rows
         r["query_key"].append(str(key))
         r["query_id"].append(str(row.get("id") if row.get("id") is not None else key))
         r["query_lat"].append(float(lat))
         r["query_lon"].append(float(lon))
+        # GeoRanker's "negative examples": the last retrieved entries outside the group (band
+        # negatives are drawn around the true location, so showing them would leak it; under a
+        # quota, as in GeoRanker's evaluation, only retrieval candidates)
+        chosen = set(sel)
+        rest = [i for i in range(n) if i not in chosen and ok[i] and sources[i] != "negative"
+                and not (spec.skip_first and i == 0) and (spec.select != "quota" or sources[i] == "image")]
+        r["mask"].append([True] * len(sel) + [False] * npad)
+        sel = sel + [sel[0]] * npad  # padding repeats the first candidate, masked out
         r["cand_key"].append([str(keys[i]) if keys[i] not in (None, "") else None for i in sel])
         r["cand_id"].append([ids[i] for i in sel])
         r["cand_lat"].append(clat[sel])
         r["cand_lon"].append(clon[sel])
         r["cand_source"].append([SOURCE_CODE.get(sources[i], 0) for i in sel])
         r["cand_rank"].append([int(ranks[i]) if ranks[i] is not None else 0 for i in sel])
+        r["cand_score"].append([float(scores[i]) for i in sel])
         r["cand_texts"].append([tuple(str(t) for t in (texts[i] or []) if t is not None) for i in sel])
         r["dists"].append(dist[sel])
         r["retrieval_km"].append(retrieval)
-        # GeoRanker's "negative examples": the last retrieved entries outside the group (band
-        # negatives are drawn around the true location, so showing them would leak it)
-        chosen = set(sel)
-        rest = [i for i in range(n) if i not in chosen and ok[i] and sources[i] != "negative"
-                and not (spec.skip_first and i == 0)]
         r["negative_texts"].append(negative_example_texts({
             "ref_gps": [[float(clat[i]), float(clon[i])] for i in rest],
             "ref_texts": [[str(t) for t in (texts[i] or []) if t is not None] for i in rest],
@@ -297,9 +336,10 @@ class _Builder:
             cand_lon=np.asarray(r["cand_lon"], dtype=np.float64).reshape(N, G),
             cand_source=np.asarray(r["cand_source"], dtype=np.int64).reshape(N, G),
             cand_rank=np.asarray(r["cand_rank"], dtype=np.int64).reshape(N, G),
+            cand_score=np.asarray(r["cand_score"], dtype=np.float32).reshape(N, G),
             cand_texts=obj(r["cand_texts"], (N, G)),
             dists=np.asarray(r["dists"], dtype=np.float32).reshape(N, G),
-            mask=np.ones((N, G), dtype=bool),
+            mask=np.asarray(r["mask"], dtype=bool).reshape(N, G),
             retrieval_km=np.asarray(r["retrieval_km"], dtype=np.float64),
             negative_texts=obj(r["negative_texts"], (N,)),
             skipped=dict(self.skipped),
@@ -404,7 +444,7 @@ def groups_from_dataset(
     ds = load_split(source, split, config)
     check_columns(ds.column_names, f"{source} ({config}, {split})")
     wanted = set(REQUIRED) | set(KEY_COLUMNS) | {
-        "cand_key", "cand_id", "cand_source", "cand_rank", "cand_texts", "cand_dist_km", "query_km"}
+        "cand_key", "cand_id", "cand_source", "cand_rank", "cand_score", "cand_texts", "cand_dist_km", "query_km"}
     if is_georanking(ds.column_names):
         wanted = {"img_id", "gps", "ref_gps", "ref_img_id", "ref_texts"}
     ds = ds.select_columns([c for c in ds.column_names if c in wanted])

@@ -37,6 +37,7 @@ class ImageSource:
 
     query_tars: list[Path]
     cand_tars: list[Path]
+    tar_index: Path | None = None  # a GeoRanker bundle: one tar, read through this tar_index.pkl
 
     @property
     def shared(self) -> bool:
@@ -64,6 +65,37 @@ def published_images(source: str | Path) -> ImageSource:
     if not tars:
         raise GeobuildError(f"no WebDataset tars under {root}")
     return ImageSource(tars, tars)
+
+
+def georanker_bundle(source: str | Path | None) -> Path | None:
+    """The folder of a GeoRanker train bundle (``geobuild export georanker``: ``GeoRanking.parquet``,
+    ``tar_index.pkl`` and its tar) that ``source`` is or holds the table of; None otherwise."""
+    from ..artifacts.georanker_bundle import TRAIN_TABLE
+
+    if not source:
+        return None
+    p = Path(source)
+    folder = p if p.is_dir() else p.parent if p.is_file() and p.suffix == ".parquet" else None
+    if folder is None or not (folder / "tar_index.pkl").is_file():
+        return None
+    return folder if p.is_file() or (folder / TRAIN_TABLE).is_file() else None
+
+
+def bundle_images(folder: str | Path) -> ImageSource:
+    """The photos of a GeoRanker bundle: ``images.tar`` (or the tar its ``bundle.json`` names) through
+    its ``tar_index.pkl``."""
+    import json
+
+    from ..artifacts.georanker_bundle import MANIFEST
+
+    folder = Path(folder)
+    tar = folder / "images.tar"
+    if (folder / MANIFEST).is_file():
+        try:
+            tar = folder / json.loads((folder / MANIFEST).read_text()).get("images_tar", "images.tar")
+        except (ValueError, AttributeError) as exc:
+            raise GeobuildError(f"cannot read {folder / MANIFEST} ({exc}); export the bundle again") from None
+    return ImageSource([tar], [tar], tar_index=folder / "tar_index.pkl")
 
 
 def folder_images(root: str | Path) -> list[Path]:
@@ -148,6 +180,29 @@ class Embeddings:
         return np.asarray([table.get(k, -1) if k is not None else -1 for k in keys], dtype=np.int64)
 
 
+def cache_path(cache_dir: str | Path, encoder_spec: str, tar: Path) -> Path:
+    """Where :func:`embed_images` caches the embeddings of ``tar``."""
+    return Path(cache_dir) / _slug(encoder_spec) / f"{_tar_id(Path(tar))}.npz"
+
+
+def seed_cache(cache_dir: str | Path, encoder_spec: str, tar: Path, vectors: dict[str, np.ndarray]) -> bool:
+    """Fill the cache of ``tar`` from embeddings computed elsewhere (``vectors``: key -> row, e.g. a
+    run's embed stage outputs for the same photos), so :func:`embed_images` reads instead of
+    embedding. Refuses (False) when a photo of the tar has no vector; an existing cache is kept."""
+    cache = cache_path(cache_dir, encoder_spec, tar)
+    if cache.exists():
+        return True
+    keys = [sample["__key__"] for sample in iter_shard(tar) if any(e in sample for e in IMAGE_EXTS)]
+    if any(k not in vectors for k in keys):
+        return False
+    dim = len(next(iter(vectors.values())))
+    emb = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim))
+    with atomic_path(cache) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, keys=np.asarray(keys, dtype=str), emb=emb.astype(np.float16), bad=np.int64(0))
+    return True
+
+
 def _embed_tar(tar: Path, encoder, cache: Path, batch_size: int) -> tuple[list[str], np.ndarray, int]:
     """Keys and embeddings of every photo in one tar (from the cache when present)."""
     if cache.exists():
@@ -195,14 +250,18 @@ def embed_images(
     images: ImageSource, encoder_spec: str, cache_dir: str | Path, batch_size: int = 64, device: str = "cpu"
 ) -> Embeddings:
     """Embed every photo of ``images`` once (cached per tar under ``cache_dir``)."""
-    cache_root = Path(cache_dir) / _slug(encoder_spec)
+    if images.tar_index is not None:
+        raise GeobuildError(
+            "the compact ranker embeds photos from WebDataset tars, not a GeoRanker bundle's tar_index.pkl; "
+            "train it on the published dataset (geobuild publish), or use --model vlm / --preset georanker"
+        )
     tars = list(dict.fromkeys(list(images.query_tars) + list(images.cand_tars)))
     encoder = None
     per_tar: dict[Path, tuple[list[str], np.ndarray]] = {}
     bad_total = 0
     bar = progress(total=len(tars), desc=f"embedding photos ({encoder_spec})", unit="tar")
     for tar in tars:
-        cache = cache_root / f"{_tar_id(tar)}.npz"
+        cache = cache_path(cache_dir, encoder_spec, tar)
         if not cache.exists() and encoder is None:
             encoder = make_encoder(encoder_spec, device)
         keys, emb, bad = _embed_tar(tar, encoder, cache, batch_size)

@@ -57,3 +57,41 @@ def gap_closed(ranker: dict, retrieval: dict, oracle: dict) -> dict[str, float]:
         gap = oracle[k] - retrieval[k]
         out[k] = float((v - retrieval[k]) / gap) if gap > 0 else float("nan")
     return out
+
+
+def retrieval_position(groups: Groups) -> np.ndarray:
+    """Position in each group of retrieval's first photo (the image candidate of lowest rank); -1: none."""
+    is_image = groups.mask & (groups.cand_source == 0)
+    rank = np.where(is_image, groups.cand_rank, np.iinfo(np.int64).max)
+    pos = np.argmin(rank, axis=1)
+    return np.where(is_image.any(axis=1), pos, -1)
+
+
+def apply_gate(scores: np.ndarray, groups: Groups, tau: float) -> np.ndarray:
+    """Scores where retrieval's first photo wins unless the best candidate beats it by more than ``tau``."""
+    out = np.array(scores, dtype=np.float32, copy=True)
+    pos = retrieval_position(groups)
+    rows = np.flatnonzero(pos >= 0)
+    best = np.where(groups.mask, out, -np.inf).max(axis=1)
+    keep = rows[best[rows] - out[rows, pos[rows]] <= tau]
+    out[keep, pos[keep]] = best[keep] + 1.0
+    return out
+
+
+def choose_gate(scores: np.ndarray, groups: Groups, strict: bool = True) -> tuple[float, dict[str, float]]:
+    """The margin ``tau`` (among 0, deciles of the positive margins, and inf = always retrieval) whose
+    gated ranking has the highest mean accuracy over the thresholds on ``groups``; ties keep the
+    larger ``tau`` (closer to retrieval). Returns (tau, its summary)."""
+    pos = retrieval_position(groups)
+    rows = np.flatnonzero(pos >= 0)
+    best = np.where(groups.mask, scores, -np.inf).max(axis=1)
+    margin = best[rows] - scores[rows, pos[rows]]
+    positive = margin[margin > 0]
+    taus = sorted({0.0, *np.quantile(positive, np.linspace(0.1, 0.9, 9)).tolist()} if positive.size else {0.0}) + [np.inf]
+    chosen, chosen_sum, chosen_mean = np.inf, None, -np.inf
+    for tau in taus:
+        s = summary(ranker_errors(apply_gate(scores, groups, tau), groups), strict=strict)
+        mean = float(np.mean([v for k, v in s.items() if k.startswith("acc@")]))
+        if mean >= chosen_mean:
+            chosen, chosen_sum, chosen_mean = float(tau), s, mean
+    return chosen, chosen_sum

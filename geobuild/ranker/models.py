@@ -59,10 +59,12 @@ class GroupBatch:
     dists: Any  # torch.float32 [B, G] (targets: only the loss may read them)
     mask: Any  # torch.bool [B, G]
     negative_texts: list[list[str]] | None = None  # GeoRanker's "negative examples" text per group
+    cand_score: Any = None  # torch.float32 [B, G]: retrieval score within its source (nan: unknown)
 
     def to(self, device) -> "GroupBatch":
-        for name in ("index", "cand_lat", "cand_lon", "cand_source", "cand_rank", "dists", "mask"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("index", "cand_lat", "cand_lon", "cand_source", "cand_rank", "dists", "mask", "cand_score"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
 
@@ -84,6 +86,7 @@ def make_batch(groups: Groups, idx: np.ndarray) -> GroupBatch:
         dists=torch.from_numpy(groups.dists[idx].astype(np.float32)),
         mask=torch.from_numpy(groups.mask[idx].copy()),
         negative_texts=[list(groups.negative_texts[i]) for i in idx] if groups.negative_texts is not None else None,
+        cand_score=torch.from_numpy(groups.cand_score[idx].astype(np.float32)) if groups.cand_score is not None else None,
     )
 
 

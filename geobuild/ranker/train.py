@@ -5,6 +5,8 @@ Output folder::
     OUT/config.yaml            resolved training configuration
     OUT/embed-cache/           frozen photo embeddings, per tar (reused by reruns and eval)
     OUT/checkpoints/epoch-NNNN.pt, last.pt   one checkpoint per epoch (model, optimiser, schedule, history)
+    OUT/checkpoints/best.pt    with ``best_by``: the epoch (0 = the untrained model) with the best
+                               validation figure; what ``geobuild eval OUT`` evaluates
     OUT/metrics.jsonl          one line per epoch: train loss, validation loss and ranking metrics
     OUT/final.json             the last epoch's metrics and the configuration
 
@@ -29,14 +31,30 @@ from ..core.errors import GeobuildError
 from ..core.log import get_logger, progress
 from ..core.runfolder import atomic_path
 from .data import GroupSpec, Groups, groups_from_dataset
-from .images import published_images, ImageSource, folder_images
+from .images import ImageSource, bundle_images, folder_images, georanker_bundle, published_images
 
 log = get_logger("ranker.train")
 
 CHECKPOINT_FORMAT = "geobuild-ranker"
 CHECKPOINT_VERSION = 1
 #: settings that may differ when a run is resumed (they do not change the result)
-RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cache")
+RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cache", "micro_batch")
+
+#: ``--preset NAME``: settings applied before a --config file and the command-line options.
+#: ``georanker`` is GeoRanker's published recipe (``finetune_geo_ranker.py`` with the README's
+#: ``--group_size=7``): its VLM ranker (LoRA r 16 / alpha 32 / dropout 0.05 on q,k,v, value head
+#: without bias drawn from N(0, (1/(hidden+1))^2)), its prompt word for word, multi-order loss
+#: (lambda 0.7, K 1) over geodesic km, AdamW lr 1e-4 with weight decay 0.01, linear decay to 0
+#: without warm-up (the Hugging Face Trainer's default), gradient clipping at 1.0, 1 epoch, 4
+#: queries per optimiser step (1 per device on 4 devices there: here micro-batches of 1).
+PRESETS: dict[str, dict[str, Any]] = {
+    "georanker": dict(
+        model="vlm", data_config="georanker", val_split=None, group_size=7, loss="multi-order", lam=0.7, k=1,
+        epochs=1, lr=1e-4, schedule="linear", warmup_steps=0, weight_decay=0.01, grad_clip=1.0, batch_size=4,
+        micro_batch=1, distance="geodesic",
+        model_options={"prompt": "georanker", "value_head": "georanker", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05},
+    ),
+}
 
 
 @dataclass
@@ -61,27 +79,50 @@ class TrainConfig:
     margin: float = 1.0
     epochs: int = 10
     batch_size: int = 32
+    micro_batch: int = 0  # groups per forward/backward (gradients accumulated over the batch); 0: the whole batch
     lr: float = 1e-3
+    schedule: str = "cosine"  # cosine (after a linear warm-up) | linear (decay to 0 after the warm-up)
     weight_decay: float = 0.01
     warmup_steps: int = 20
     grad_clip: float = 1.0
+    distance: str = "dataset"  # loss distances: the dataset's, or recomputed: haversine | geodesic
     seed: int = 0
     d_model: int = 128
     layers: int = 2
     heads: int = 4
     dropout: float = 0.1
+    residual: bool = False  # compact: score = learned (source, rank) prior + correction, starting at retrieval's order
+    retrieval_features: bool = False  # compact: retrieval score, margin and ratio to the best of its source
     location: str = "rff"
     rff_dim: int = 128
     text_dim: int = 256
     model_options: dict = field(default_factory=dict)
+    preset: str | None = None  # the --preset the settings started from (recorded only)
     device: str = "cpu"
     threads: int | None = None
     embed_cache: str | None = None  # photo-embedding cache folder (default OUT/embed-cache); shareable between runs
     keep_checkpoints: int = 0  # 0 keeps every epoch's checkpoint
+    #: keep checkpoints/best.pt, the epoch (0: untrained) with the best validation figure: val_acc_mean
+    #: (mean accuracy over the thresholds), a val_acc@<t>km, val_top1_hit (highest), or val_loss,
+    #: val_median_km (lowest); none: evaluate the last epoch; auto: val_acc_mean for the compact
+    #: model (chosen on the IM2GPS3K author split's validation authors), none for the VLM
+    best_by: str | None = "auto"
+    #: after training, fit on the validation split the margin by which the ranker's choice must beat
+    #: retrieval's first photo to replace it (stored in the evaluated checkpoint; eval applies it)
+    gate: bool = False
     stop_after: int | None = None  # stop after this many epochs in this invocation (resume later)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+    def from_preset(cls, name: str | None) -> "TrainConfig":
+        """The defaults, with preset ``name`` applied (none: the plain defaults)."""
+        if not name:
+            return cls()
+        if name not in PRESETS:
+            raise GeobuildError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+        return cls().merged({**PRESETS[name], "preset": name}, where=f"preset {name}", keep_none=True)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, base: "TrainConfig | None" = None) -> "TrainConfig":
         p = Path(path)
         if not p.exists():
             raise GeobuildError(f"config file not found: {p}")
@@ -92,7 +133,7 @@ class TrainConfig:
             raise GeobuildError(f"cannot read the training config {p} ({detail}); fix its YAML and rerun") from None
         if not isinstance(doc, dict):
             raise GeobuildError(f"{p} must hold a mapping of training settings")
-        return cls().merged(doc, where=str(p), keep_none=True)
+        return (base or cls()).merged(doc, where=str(p), keep_none=True)
 
     def merged(self, values: dict[str, Any], where: str = "options", keep_none: bool = False) -> "TrainConfig":
         """A copy with ``values`` applied (``None`` means "not given" unless ``keep_none``)."""
@@ -111,7 +152,16 @@ class TrainConfig:
         return cfg
 
     def group_spec(self) -> GroupSpec:
-        return GroupSpec(self.group_size, tuple(self.sources), self.select, self.skip_first)
+        """The group rule; sources given as ``image:12,gps:3`` are a quota (the first n of each)."""
+        if any(":" in s for s in self.sources):
+            quota = []
+            for item in self.sources:
+                name, _, n = item.partition(":")
+                if not n.strip().isdigit():
+                    raise GeobuildError(f"candidate source '{item}': give every source a count (e.g. image:12,gps:3) or none")
+                quota.append((name.strip(), int(n)))
+            return GroupSpec(quota=tuple(quota), skip_first=self.skip_first, pad=True, distance=self.distance)
+        return GroupSpec(self.group_size, tuple(self.sources), self.select, self.skip_first, distance=self.distance)
 
     def validate(self) -> None:
         from .loss import LOSSES
@@ -125,6 +175,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "k", "group_size"):
             if getattr(self, name) < 1:
                 raise GeobuildError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.micro_batch < 0:
+            raise GeobuildError(f"micro_batch must be 0 (the whole batch) or more, got {self.micro_batch}")
+        if self.schedule not in SCHEDULES:
+            raise GeobuildError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
+        self.group_spec()  # an unknown distance or selection is one clear error
         if not 0.0 <= self.lam <= 1.0:
             raise GeobuildError(f"lam must lie in [0, 1], got {self.lam}")
 
@@ -217,21 +272,49 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def _lr_lambda(warmup: int, total: int):
-    def f(step: int) -> float:
+SCHEDULES = ("cosine", "linear")
+#: ``best_by: auto`` per model
+AUTO_BEST_BY = {"compact": "val_acc_mean"}
+
+
+def _lr_lambda(warmup: int, total: int, schedule: str = "cosine"):
+    """Learning-rate factor per optimiser step: ``cosine`` (warm-up (step+1)/warmup, then half a
+    cosine to 0) or ``linear`` (the Hugging Face Trainer's: warm-up step/warmup, then a straight line
+    from 1 at the end of the warm-up to 0 at ``total``)."""
+    def cosine(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         progress_ = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
 
-    return f
+    def linear(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return linear if schedule == "linear" else cosine
 
 
 def image_source_for(cfg: TrainConfig) -> ImageSource:
+    """Where the photos are: ``--images`` (a folder of tars or a GeoRanker bundle), the GeoRanker
+    bundle ``--data`` belongs to, or the published dataset's images."""
     if cfg.images:
+        if (Path(cfg.images) / "tar_index.pkl").is_file():
+            return bundle_images(cfg.images)
         tars = folder_images(cfg.images)
         return ImageSource(tars, tars)
+    bundle = georanker_bundle(cfg.data)
+    if bundle is not None:
+        return bundle_images(bundle)
     return published_images(cfg.data)
+
+
+def data_source(cfg: TrainConfig) -> str:
+    """The table ``--data`` names: a GeoRanker bundle folder stands for its ``GeoRanking.parquet``."""
+    from ..artifacts.georanker_bundle import TRAIN_TABLE
+
+    bundle = georanker_bundle(cfg.data)
+    return str(bundle / TRAIN_TABLE) if bundle is not None and Path(cfg.data).is_dir() else cfg.data
 
 
 def score_groups(model, groups: Groups, batch_size: int, device: str) -> np.ndarray:
@@ -262,15 +345,21 @@ def validation_metrics(model, groups: Groups, cfg: TrainConfig, loss_fn, device:
     s = summary(ranker_errors(scores, groups))
     out = {"val_loss": loss, "val_top1_hit": top1_hit_rate(scores, groups)}
     out.update({f"val_{k}": v for k, v in s.items() if k != "n"})
+    out["val_acc_mean"] = float(np.mean([v for k, v in s.items() if k.startswith("acc@")]))
     return out
+
+
+def usable_mask(model, groups: Groups) -> np.ndarray:
+    """Bool [N]: the groups whose query photo the model can see."""
+    emb = getattr(model, "embeddings", None)
+    if emb is None or len(groups) == 0:
+        return np.ones(len(groups), dtype=bool)
+    return emb.rows(list(groups.query_key), "query") >= 0
 
 
 def usable(model, groups: Groups) -> Groups:
     """Drop groups whose query photo the model cannot see (counted as query_photo_missing)."""
-    emb = getattr(model, "embeddings", None)
-    if emb is None or len(groups) == 0:
-        return groups
-    keep = emb.rows(list(groups.query_key), "query") >= 0
+    keep = usable_mask(model, groups)
     if (~keep).any():
         log.warning("%s: %d groups have no query photo and are skipped", groups.name, int((~keep).sum()))
     return groups.subset(keep, "query_photo_missing")
@@ -288,12 +377,14 @@ def _save(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint written by :func:`train` (refuses other files)."""
+    """Read a checkpoint written by :func:`train` (refuses other files); for an output folder, its
+    ``best.pt`` when training kept one, else ``last.pt``."""
     import torch
 
     p = Path(path)
     if p.is_dir():
-        p = p / "checkpoints" / "last.pt"
+        best = p / "checkpoints" / "best.pt"
+        p = best if best.exists() else p / "checkpoints" / "last.pt"
     if not p.exists():
         raise GeobuildError(f"checkpoint not found: {p} (train one with 'geobuild train-ranker')")
     try:
@@ -345,11 +436,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
 
     spec = cfg.group_spec()
-    train_groups = groups_from_dataset(cfg.data, cfg.train_split, spec, config=cfg.data_config)
+    source = data_source(cfg)
+    train_groups = groups_from_dataset(source, cfg.train_split, spec, config=cfg.data_config)
     val_groups = None
     if cfg.val_split:
         try:
-            val_groups = groups_from_dataset(cfg.data, cfg.val_split, spec, config=cfg.data_config)
+            val_groups = groups_from_dataset(source, cfg.val_split, spec, config=cfg.data_config)
         except GeobuildError as exc:
             if cfg.val_split != "validation":
                 raise
@@ -377,7 +469,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_groups) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.epochs * steps_per_epoch, cfg.schedule))
 
     history: list[dict[str, Any]] = []
     start = 0
@@ -398,7 +490,36 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         "val_groups": len(val_groups) if val_groups is not None else 0,
         "val_skipped": val_groups.skipped if val_groups is not None else {},
     }
-    log.info("training %s on %d groups of %d (%s loss), %d epochs", cfg.model, len(train_groups), cfg.group_size, cfg.loss, cfg.epochs)
+    log.info("training %s on %d groups of %d (%s loss), %d epochs", cfg.model, len(train_groups), spec.group_size, cfg.loss, cfg.epochs)
+
+    def checkpoint(epoch: int, **extra) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "config": asdict(cfg),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "history": history, "data": data_info, **extra}
+
+    best_path = out / "checkpoints" / "best.pt"
+    best_value = None
+    if cfg.best_by == "auto":
+        cfg.best_by = AUTO_BEST_BY.get(cfg.model) if val_groups is not None else None
+    elif cfg.best_by in ("none", ""):
+        cfg.best_by = None
+
+    def better(value: float, than: float) -> bool:
+        """Higher is better, except for a loss or a median error (ties keep the earlier epoch)."""
+        lower = "loss" in (cfg.best_by or "") or (cfg.best_by or "").endswith("median_km")
+        return value < than if lower else value > than
+    if cfg.best_by and val_groups is None:
+        log.warning("best_by=%s needs a validation split; the last epoch is evaluated", cfg.best_by)
+    elif cfg.best_by:
+        if best_path.exists() and start > 0:
+            best_value = load_checkpoint(best_path).get("best_value")
+        elif start == 0:  # the untrained model competes too (for a residual model: retrieval's order)
+            record0 = validation_metrics(model, val_groups, cfg, loss_fn, device)
+            if cfg.best_by not in record0:
+                raise GeobuildError(f"best_by '{cfg.best_by}' is not a validation figure; choose one of: {', '.join(sorted(record0))}")
+            best_value = record0[cfg.best_by]
+            _save(checkpoint(0, best_value=best_value, best_record=record0), best_path)
+            log.info("epoch 0 (untrained): %s=%.4g", cfg.best_by, best_value)
     ran = 0
     for epoch in range(start, cfg.epochs):
         if cfg.stop_after is not None and ran >= cfg.stop_after:
@@ -411,17 +532,22 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         total, count = 0.0, 0
         bar = progress(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         for i in range(0, len(order), cfg.batch_size):
-            batch = make_batch(train_groups, order[i : i + cfg.batch_size]).to(device)
-            scores = model(batch)
-            loss = loss_fn(scores, batch.dists, mask=batch.mask)
+            rows = order[i : i + cfg.batch_size]
+            step = cfg.micro_batch or len(rows)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum = 0.0
+            for j in range(0, len(rows), step):  # gradients of the batch mean, accumulated per micro-batch
+                batch = make_batch(train_groups, rows[j : j + step]).to(device)
+                loss = loss_fn(model(batch), batch.dists, mask=batch.mask)
+                part = len(rows[j : j + step]) / len(rows)
+                (loss * part).backward()
+                loss_sum += float(loss.item()) * part
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             sched.step()
-            n = int(batch.mask.shape[0])
-            total += float(loss.item()) * n
+            n = len(rows)
+            total += loss_sum * n
             count += n
             bar.update(1)
             bar.set_postfix(loss=f"{total / count:.4f}")
@@ -431,17 +557,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             record.update(validation_metrics(model, val_groups, cfg, loss_fn, device))
         record["seconds"] = round(time.time() - t0, 3)
         history.append(record)
-        ckpt = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "epoch": epoch + 1,
-            "config": asdict(cfg),
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "history": history,
-            "data": data_info,
-        }
+        ckpt = checkpoint(epoch + 1)
+        value = record.get(cfg.best_by) if cfg.best_by and val_groups is not None else None
+        if value is not None and (best_value is None or better(value, best_value)):
+            best_value = value
+            _save(checkpoint(epoch + 1, best_value=value, best_record=record), best_path)
         path = out / "checkpoints" / f"epoch-{epoch + 1:04d}.pt"
         _save(ckpt, path)
         _save(ckpt, out / "checkpoints" / "last.pt")
@@ -456,9 +576,44 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     final = {"epochs_done": len(history), "finished": len(history) >= cfg.epochs, "data": data_info}
     if history:
         final["metrics"] = {k: v for k, v in history[-1].items() if k != "seconds"}
+    if cfg.gate and final["finished"] and val_groups is not None:
+        final["gate"] = fit_gate(model, val_groups, out, cfg, device)
+    if best_path.exists():
+        best = load_checkpoint(best_path)
+        final["best"] = {"epoch": best["epoch"], cfg.best_by: best.get("best_value")}
     final["config"] = asdict(cfg)
     if final["finished"]:
         out.joinpath("final.json").parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(out / "final.json") as tmp:
             tmp.write_text(json.dumps(final, indent=2, sort_keys=True, default=str) + "\n")
     return final
+
+
+def fit_gate(model, val_groups: Groups, out: Path, cfg: TrainConfig, device: str) -> float:
+    """Fit the retrieval gate (:func:`geobuild.ranker.metrics.choose_gate`) of the checkpoint that
+    ``geobuild eval OUT`` uses, on the validation groups, and store it in that checkpoint."""
+    from .metrics import choose_gate
+
+    target = out / "checkpoints" / "best.pt"
+    target = target if target.exists() else out / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(target)
+    model.load_state_dict(ckpt["model"])
+    tau, record = choose_gate(score_groups(model, val_groups, cfg.batch_size, device), val_groups)
+    ckpt["gate"], ckpt["gate_record"] = tau, record
+    _save(ckpt, target)
+    log.info("retrieval gate: the ranker replaces retrieval's first photo when it beats it by more than %.4g", tau)
+    return tau
+
+
+def gate_checkpoint(out: str | Path, device: str = "cpu") -> float:
+    """Fit the retrieval gate of a finished training folder (as ``gate: true`` does at the end of training)."""
+    from .models import ModelContext, build_model
+
+    out = Path(out)
+    cfg = TrainConfig(**{k: v for k, v in load_checkpoint(out)["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+    if not cfg.val_split:
+        raise GeobuildError(f"{out} was trained without a validation split; the gate is fitted on it")
+    val = groups_from_dataset(data_source(cfg), cfg.val_split, cfg.group_spec(), config=cfg.data_config)
+    ctx = ModelContext([val], image_source_for(cfg), out, device, embed_cache=Path(cfg.embed_cache) if cfg.embed_cache else None)
+    model = build_model(cfg.model, asdict(cfg), ctx).to(device)
+    return fit_gate(model, usable(model, val), out, cfg, device)

@@ -10,6 +10,10 @@ and the scores come back as ``[B, G]``, ready for :func:`geobuild.ranker.loss.mu
 
 Training follows GeoRanker: LoRA (r=16, α=32, dropout 0.05) on the ``q_proj``/``k_proj``/``v_proj``
 projections of the language model, the value head trained in full, every base weight frozen.
+``prompt="georanker"`` uses GeoRanker's prompt word for word and left padding (the reward is the
+last position's), and ``value_head="georanker"`` its head: ``Linear(hidden, 1, bias=False)`` with
+weights drawn from N(0, (1 / (hidden + 1))^2); the default head has a zero bias and std
+1 / sqrt(hidden + 1).
 
 Weights are only read from a local folder (``--vlm-path DIR``, e.g. a downloaded
 ``Qwen/Qwen2-VL-2B-Instruct``, or a Hub name already in the local Hugging Face cache); nothing is
@@ -40,7 +44,7 @@ import torch
 
 from ..core.errors import GeobuildError, require
 from ..core.log import get_logger
-from .vlm_prompts import RankCandidate, RankGroup, build_messages, format_location, location_text
+from .vlm_prompts import STYLES, RankCandidate, RankGroup, build_messages, format_location, location_text
 
 log = get_logger(__name__)
 
@@ -86,6 +90,10 @@ class LoraSettings:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
 
+#: value heads: geobuild's (with bias) and GeoRanker's (without)
+HEADS = ("geobuild", "georanker")
+
+
 @dataclass
 class VlmSettings:
     """How to load and run the backbone."""
@@ -96,6 +104,14 @@ class VlmSettings:
     gradient_checkpointing: bool = False
     max_pairs_per_forward: int = 0  # 0 = all B×G pairs in one forward; else chunks of this many
     lora: LoraSettings = field(default_factory=LoraSettings)
+    prompt: str = "geobuild"  # geobuild | georanker (GeoRanker's wording, left padding)
+    value_head: str = "geobuild"  # geobuild (bias, std 1/sqrt(h+1)) | georanker (no bias, std 1/(h+1))
+
+    def __post_init__(self) -> None:
+        if self.prompt not in STYLES:
+            raise GeobuildError(f"unknown VLM prompt '{self.prompt}' (choose {' or '.join(STYLES)})")
+        if self.value_head not in HEADS:
+            raise GeobuildError(f"unknown value head '{self.value_head}' (choose {' or '.join(HEADS)})")
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto"):
@@ -222,9 +238,13 @@ class VlmRanker(torch.nn.Module):
         self.dtype_ = dtype
         self.photos: tuple[Any, Any] | None = None  # (query PhotoStore, candidate PhotoStore), see attach_photos
         hidden = _hidden_size(backbone.config)
-        self.value_head = torch.nn.Linear(hidden, 1).to(device=device, dtype=torch.float32)
-        torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) ** 0.5)
-        torch.nn.init.zeros_(self.value_head.bias)
+        georanker = settings.value_head == "georanker"
+        self.value_head = torch.nn.Linear(hidden, 1, bias=not georanker).to(device=device, dtype=torch.float32)
+        torch.nn.init.normal_(self.value_head.weight, std=1.0 / (hidden + 1) if georanker else 1.0 / (hidden + 1) ** 0.5)
+        if self.value_head.bias is not None:
+            torch.nn.init.zeros_(self.value_head.bias)
+        if settings.prompt == "georanker":
+            processor.tokenizer.padding_side = "left"  # GeoRanker's collator; the reward is the last position's
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -267,6 +287,8 @@ class VlmRanker(torch.nn.Module):
             gradient_checkpointing=gradient_checkpointing,
             max_pairs_per_forward=int(saved.get("max_pairs_per_forward", 0)),
             lora=LoraSettings(**{**saved["lora"], "target_modules": tuple(saved["lora"]["target_modules"])}),
+            prompt=str(saved.get("prompt", "geobuild")),
+            value_head=str(saved.get("value_head", "geobuild")),
         )
         backbone, processor, folder, dev, dt = load_backbone(settings)
         backbone = peft.PeftModel.from_pretrained(backbone, ckpt / "adapter", is_trainable=trainable)
@@ -353,7 +375,7 @@ class VlmRanker(torch.nn.Module):
         """Processor outputs (padded token ids, attention mask, pixel values, grids) for the pairs."""
         texts, images = [], []
         for group, cand in pairs:
-            messages, imgs = build_messages(group, cand)
+            messages, imgs = build_messages(group, cand, style=self.settings.prompt)
             texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
             images.extend(imgs)
         batch = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
@@ -398,15 +420,17 @@ class VlmRanker(torch.nn.Module):
         if self.photos is None:
             raise GeobuildError("the VLM ranker has no photos attached; build it with geobuild.ranker.vlm.build")
         qstore, cstore = self.photos
-        lat = batch.cand_lat.detach().cpu().tolist()
-        lon = batch.cand_lon.detach().cpu().tolist()
+        rows = batch.index.detach().cpu().numpy()
+        lat = batch.groups.cand_lat[rows].tolist()  # float64 as stored (the batch tensors are float32)
+        lon = batch.groups.cand_lon[rows].tolist()
+        style = self.settings.prompt
         out = []
         for b, qkey in enumerate(batch.query_key):
             query = qstore.get(qkey)
             if query is None:
                 raise GeobuildError(f"no decodable photo for query '{qkey}' in the image tars")
             cands = [
-                RankCandidate(lat[b][j], lon[b][j], location_text(batch.cand_texts[b][j]), cstore.get(ckey))
+                RankCandidate(lat[b][j], lon[b][j], location_text(batch.cand_texts[b][j], style), cstore.get(ckey))
                 for j, ckey in enumerate(batch.cand_key[b])
             ]
             negatives = batch.negative_texts[b] if batch.negative_texts is not None else []
@@ -441,13 +465,15 @@ def build(cfg: dict, ctx) -> VlmRanker:
     ``cfg["model_options"]``: ``vlm_path`` (required), ``lora_r`` (16), ``lora_alpha`` (32),
     ``lora_dropout`` (0.05), ``dtype`` (auto), ``gradient_checkpointing`` (false),
     ``max_pairs_per_forward`` (0 = all), ``max_side`` (downscale photos to this longest side; none),
-    ``candidate_photos`` (true: show a candidate's own photo as a second image).
+    ``candidate_photos`` (true: show a candidate's own photo as a second image), ``prompt``
+    (geobuild or georanker), ``value_head`` (geobuild or georanker). Photos come from the WebDataset
+    tars of ``ctx.images``, or through the ``tar_index.pkl`` of a GeoRanker bundle.
     """
-    from .vlm_data import PhotoStore
+    from .vlm_data import PhotoStore, TarIndexPhotos
 
     opts = dict(cfg.get("model_options") or {})
     known = {"vlm_path", "lora_r", "lora_alpha", "lora_dropout", "dtype", "gradient_checkpointing",
-             "max_pairs_per_forward", "max_side", "candidate_photos"}
+             "max_pairs_per_forward", "max_side", "candidate_photos", "prompt", "value_head"}
     unknown = sorted(set(opts) - known)
     if unknown:
         raise GeobuildError(f"unknown VLM model option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -463,12 +489,17 @@ def build(cfg: dict, ctx) -> VlmRanker:
         gradient_checkpointing=bool(opts.get("gradient_checkpointing", False)),
         max_pairs_per_forward=int(opts.get("max_pairs_per_forward", 0)),
         lora=lora,
+        prompt=str(opts.get("prompt", "geobuild")),
+        value_head=str(opts.get("value_head", "geobuild")),
     )
     model = VlmRanker.from_pretrained(settings)
     max_side = opts.get("max_side")
     max_side = int(max_side) if max_side else None
-    qstore = PhotoStore(ctx.images.query_tars, max_side=max_side)
-    cstore = qstore if ctx.images.shared else PhotoStore(ctx.images.cand_tars, max_side=max_side)
+    if ctx.images.tar_index is not None:
+        qstore = cstore = TarIndexPhotos(ctx.images.query_tars[0], ctx.images.tar_index, max_side=max_side)
+    else:
+        qstore = PhotoStore(ctx.images.query_tars, max_side=max_side)
+        cstore = qstore if ctx.images.shared else PhotoStore(ctx.images.cand_tars, max_side=max_side)
     if not opts.get("candidate_photos", True):
         cstore = _NoPhotos()
     return model.attach_photos(qstore, cstore)

@@ -95,6 +95,33 @@ class PhotoStore:
         return im
 
 
+class TarIndexPhotos(PhotoStore):
+    """The photos of one tar read through a GeoRanker ``tar_index.pkl`` (id -> ``tarfile.TarInfo``),
+    as GeoRanker's trainer opens them (``extractfile(tar_index[id])``), keyed like the groups of a
+    GeoRanking table (:func:`geobuild.sources.metadata.sanitize_key` of each id)."""
+
+    def __init__(self, tar: str | Path, index_path: str | Path, max_side: int | None = None):
+        import pickle
+
+        from ..sources.metadata import sanitize_key
+
+        self.tars = [Path(tar)]
+        self.max_side = max_side
+        self._where = {}
+        if not self.tars[0].is_file():
+            raise GeobuildError(f"photo tar {tar} not found (the tar that {index_path} indexes)")
+        try:
+            with open(index_path, "rb") as f:
+                index = pickle.load(f)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
+            raise GeobuildError(f"cannot read {index_path} as a tar_index.pkl ({exc})") from None
+        if not isinstance(index, dict) or not all(isinstance(m, tarfile.TarInfo) for m in index.values()):
+            raise GeobuildError(f"{index_path} is not a tar_index.pkl (a pickled dict id -> tarfile.TarInfo)")
+        for gid, m in index.items():
+            self._where.setdefault(sanitize_key(str(gid)), (0, m.offset_data, m.size))
+        log.info("%d photos in %s through %s", len(self._where), tar, index_path)
+
+
 def rank_groups(
     groups: "Groups", rows: Sequence[int], photos: PhotoStore, candidate_photos: bool = True
 ) -> tuple[list["RankGroup"], np.ndarray, Counter]:
@@ -123,4 +150,4 @@ def rank_groups(
     return out, np.asarray(kept, dtype=np.int64), skipped
 
 
-__all__ = ["PhotoStore", "rank_groups", "location_text"]
+__all__ = ["PhotoStore", "TarIndexPhotos", "rank_groups", "location_text"]
