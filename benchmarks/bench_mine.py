@@ -137,6 +137,7 @@ def main() -> None:
 
         ref_stage = importlib.import_module("geobuild_ref.stages.mine.stage")
         ref_gps = importlib.import_module("geobuild_ref.stages.mine.gps_candidates")
+        ref_run = importlib.import_module("geobuild_ref.core.runfolder").RunFolder(tmp / "run")
 
     cfg = MineConfig()
     t = time.time()
@@ -167,16 +168,16 @@ def main() -> None:
     results["variants"] = {}
     base_qps = []
     for name, opts in variants.items():
-        codes = {"this": (MineConfig(**opts), mine_unit, mining_context)}
+        codes = {"this": (run, MineConfig(**opts), mine_unit, mining_context)}
         if ref is not None:
-            codes["reference"] = (ref_stage.MineConfig(**opts), ref_stage.mine_unit, ref_stage.mining_context)
+            codes["reference"] = (ref_run, ref_stage.MineConfig(**opts), ref_stage.mine_unit, ref_stage.mining_context)
         row: dict = {}
-        for label, (vcfg, mine_fn, ctx_fn) in codes.items():
-            ctx_fn(run, vcfg)  # load outside the timing
+        for label, (vrun, vcfg, mine_fn, ctx_fn) in codes.items():
+            ctx_fn(vrun, vcfg)  # load outside the timing
             best = None
             for _ in range(max(args.repeat, 1)):
                 base_qps.append(bare_search())
-                secs, per_unit, out = _mine_all(mine_fn, run, units, vcfg)
+                secs, per_unit, out = _mine_all(mine_fn, vrun, units, vcfg)
                 if best is None or secs < best[0]:
                     best = (secs, per_unit, out)
             row[label] = {"qps": n_q / best[0], "seconds": best[0], "per_unit": best[1]}

@@ -7,7 +7,10 @@ neighbours' locations, evaluated at GPS-gallery points near those neighbours::
 
 with ``h`` the bandwidth in km and ``T`` the similarity temperature. Only the ``probe`` nearest
 gallery points of every neighbour are evaluated (the kernel is negligible elsewhere), so the cost
-does not grow with the GPS gallery. The score stored is the density (weights sum to 1).
+does not grow with the GPS gallery. The score stored is the density (weights sum to 1). Queries
+are scored in batches with numpy; a (neighbour, point) term is computed only when a triangle-
+inequality bound says it can exceed exp(-745) (smaller ones are 0.0 in float64), and the kept
+terms are summed in neighbour order, so the densities are bitwise those of the full sum.
 
 ``geoclip`` (open_clip ViT-L-14 with OpenAI weights only): GeoCLIP's image head, an MLP read
 directly from the ``geoclip`` wheel (``weights/image_encoder_mlp_weights.pth``), maps the query's
@@ -24,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from ...core.errors import GeobuildError, require
-from ...geo.sphere import haversine_km
+from ...geo.sphere import EARTH_RADIUS_KM
 from ...geo.spatial import PointTree
 
 # open_clip specs whose image embeddings GeoCLIP's MLP head was trained on (CLIP ViT-L/14, OpenAI).
@@ -90,13 +93,15 @@ def kde_candidates(
         logw = logw - logw.max(axis=1, keepdims=True)
         logw = logw - np.log(np.exp(logw).sum(axis=1, keepdims=True))
     inv2h2 = 0.5 / float(bandwidth_km) ** 2
+    points_rad = _radians(tree.lat, tree.lon)
     step = max(int(batch), 1)
     for s in range(0, n, step):
         e = min(n, s + step)
-        cand, size, logd = _densities(nb_lat[s:e], nb_lon[s:e], nb_valid[s:e], logw[s:e], near[s:e], reach[s:e], tree, inv2h2)
+        nb_rad = _radians(nb_lat[s:e], nb_lon[s:e])
+        cand, size, logd = _densities(nb_rad, nb_valid[s:e], logw[s:e], near[s:e], reach[s:e], points_rad, inv2h2)
         order = np.lexsort((cand, -logd), axis=1)  # density descending, ties by row; padding last
         if min_sep_km > 0:
-            top = _spread(np.take_along_axis(cand, order, 1), size, tree, k, min_sep_km, order)
+            top = _spread(np.take_along_axis(cand, order, 1), size, points_rad, k, min_sep_km, order)
         else:
             top = order[:, :k]
         got = np.arange(top.shape[1])[None, :] < np.minimum(size, k)[:, None]
@@ -105,7 +110,7 @@ def kde_candidates(
     return GpsPick(rows, scores)
 
 
-def _densities(nb_lat, nb_lon, nb_valid, logw, near, reach, tree: PointTree, inv2h2: float):
+def _densities(nb_rad, nb_valid, logw, near, reach, points_rad, inv2h2: float):
     """(cand int64 [b, C], size int64 [b], log density float64 [b, C]) at the distinct probed points.
 
     ``cand`` holds each query's ``size`` distinct probed rows ascending, padded with ``len(tree)``
@@ -120,31 +125,38 @@ def _densities(nb_lat, nb_lon, nb_valid, logw, near, reach, tree: PointTree, inv
     as a dense [J, C] sum over the neighbours would.
     """
     b, j, p = near.shape
-    pad = len(tree)
-    c = np.where(nb_valid[:, :, None], near, pad).reshape(b, j * p)
-    c.sort(axis=1)
-    c[:, 1:][c[:, 1:] == c[:, :-1]] = pad  # repeats of a row -> padding
-    c.sort(axis=1)
-    size = (c < pad).sum(axis=1)
+    pad = points_rad[0].size
+    raw = np.where(nb_valid[:, :, None], near, pad).reshape(b, j * p)
+    order = np.argsort(raw, axis=1, kind="stable")
+    srt = np.take_along_axis(raw, order, 1)
+    first = np.ones(srt.shape, dtype=bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    first &= srt < pad
+    uid = np.cumsum(first, axis=1) - 1  # column of every sorted entry
+    size = first.sum(axis=1)
     width = max(int(size.max()), 1)
-    cand = np.ascontiguousarray(c[:, :width])
+    cand = np.full((b, width), pad, dtype=np.int64)
+    qq, pos = np.nonzero(first)
+    cand[qq, uid[qq, pos]] = srt[qq, pos]
+    col = np.empty_like(uid)
+    np.put_along_axis(col, order, uid, axis=1)
+    col = col.reshape(b, j, p)  # column in cand of each probed point (padding: unused)
     # (query, j, j') with j's terms possibly non-zero at the points probed by j'
-    dnn = haversine_km(nb_lat[:, :, None], nb_lon[:, :, None], nb_lat[:, None, :], nb_lon[:, None, :])  # [b, J, J']
+    la, lo, co = nb_rad
+    dnn = _haversine_rad(la[:, :, None], lo[:, :, None], co[:, :, None], la[:, None, :], lo[:, None, :], co[:, None, :])
     gap = np.maximum(dnn - reach[:, None, :] - _KM_MARGIN, 0.0)
     floor = logw - inv2h2 * (reach + _KM_MARGIN) ** 2  # [b, J']: a lower bound of the largest term there
     live = (logw[:, :, None] - inv2h2 * gap * gap >= floor[:, None, :] - _NEGLIGIBLE_LOG)
     live &= nb_valid[:, :, None] & nb_valid[:, None, :]
     qi, ji, jp = np.nonzero(live)
     # every (query, point, neighbour) pair they give, once, in (query, point, neighbour) order
-    offset = (np.arange(b) * (pad + 1))[:, None]
-    col = np.searchsorted((cand + offset).ravel(), (near.reshape(b, -1) + offset).ravel()).reshape(b, j, p)
-    col -= (np.arange(b) * width)[:, None, None]  # column in cand of each probed point
     pair = np.zeros(b * width * j, dtype=bool)
     pair[(((qi * width)[:, None] + col[qi, jp]) * j + ji[:, None]).ravel()] = True
     pair = np.flatnonzero(pair)
     jn, flat = pair % j, pair // j  # flat: query * width + column
     q, g = flat // width, cand.ravel()[flat]
-    d = haversine_km(nb_lat[q, jn], nb_lon[q, jn], tree.lat[g], tree.lon[g])
+    pla, plo, pco = points_rad
+    d = _haversine_rad(la[q, jn], lo[q, jn], co[q, jn], pla[g], plo[g], pco[g])
     logk = logw[q, jn] - inv2h2 * d * d
     m = np.full(b * width, -np.inf)
     np.maximum.at(m, flat, logk)
@@ -155,13 +167,13 @@ def _densities(nb_lat, nb_lon, nb_valid, logw, near, reach, tree: PointTree, inv
     return cand, size, np.where(cand < pad, logd, -np.inf)
 
 
-def _spread(rows: np.ndarray, size: np.ndarray, tree: PointTree, k: int, min_sep_km: float, order: np.ndarray) -> np.ndarray:
+def _spread(rows: np.ndarray, size: np.ndarray, points_rad, k: int, min_sep_km: float, order: np.ndarray) -> np.ndarray:
     """Greedy selection per query of up to ``k`` of ``rows`` [b, C] (best first, ``size`` real
     ones) at least ``min_sep_km`` apart; positions into ``order``'s columns, [b, <=k]."""
     b, c = rows.shape
     m = min(c, 16 * k)  # the best points only: enough to find k separated ones
-    top = np.minimum(rows[:, :m], len(tree) - 1)
-    lat, lon = tree.lat[top], tree.lon[top]
+    top = np.minimum(rows[:, :m], points_rad[0].size - 1)
+    la, lo, co = (a[top] for a in points_rad)
     blocked = np.arange(m)[None, :] >= np.minimum(size, 16 * k)[:, None]  # beyond a query's best min(size, 16k)
     chosen = np.zeros((b, m), dtype=bool)
     count = np.zeros(b, dtype=np.int64)
@@ -171,9 +183,9 @@ def _spread(rows: np.ndarray, size: np.ndarray, tree: PointTree, k: int, min_sep
             continue
         chosen[take, jj] = True
         count[take] += 1
-        # only a taken point's distances are ever needed: [taken, m]
-        d = haversine_km(lat[take, jj][:, None], lon[take, jj][:, None], lat[take], lon[take])
-        blocked[take] |= d < min_sep_km
+        # only a taken point's distances to the points after it are ever read: [taken, m - jj - 1]
+        d = _haversine_rad(la[take, jj, None], lo[take, jj, None], co[take, jj, None], la[take, jj + 1 :], lo[take, jj + 1 :], co[take, jj + 1 :])
+        blocked[take, jj + 1 :] |= d < min_sep_km
     # too few far-apart points among those probed: fill up with the next best, in density order
     rest = np.ones((b, c), dtype=bool)
     rest[:, :m] = ~chosen
@@ -185,6 +197,19 @@ def _spread(rows: np.ndarray, size: np.ndarray, tree: PointTree, k: int, min_sep
     key = np.where(rest, c + col, key)
     pos = np.argsort(key, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(order, pos, 1)
+
+
+def _radians(lat, lon) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(latitude, longitude) in radians and the cosine of the latitude, for :func:`_haversine_rad`."""
+    la = np.radians(np.asarray(lat, dtype=np.float64))
+    return la, np.radians(np.asarray(lon, dtype=np.float64)), np.cos(la)
+
+
+def _haversine_rad(la1, lo1, cos1, la2, lo2, cos2) -> np.ndarray:
+    """:func:`geobuild.geo.sphere.haversine_km` of points prepared by :func:`_radians`: the same
+    operations in the same order (so the same bits), without converting each pair's degrees."""
+    a = np.sin((la2 - la1) * 0.5) ** 2 + cos1 * cos2 * np.sin((lo2 - lo1) * 0.5) ** 2
+    return 2.0 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def check_geoclip_model(model: str, dim: int) -> None:
