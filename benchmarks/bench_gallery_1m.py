@@ -15,7 +15,7 @@ Steps, all through the project's own code:
    in ``WORK/queries`` as a one-unit embedded run.
 3. ``geobuild index --run WORK/gallery`` in a subprocess (``--kind auto``: IVF-PQ with SQ8
    re-ranking above 250K vectors; the GPS gallery is GeoCLIP's 100K points): wall time, peak RSS
-   (``wait4``), build seconds and recall@10 from ``index/info.json``, index bytes per vector.
+   (``VmHWM``), build seconds and recall@10 from ``index/info.json``, index bytes per vector.
 4. recall@10 of the loaded gallery on the held-out queries against exact inner-product search
    (:func:`geobuild.retrieval.knn.topk_numpy` streamed over the float16 units), and the bare
    search's queries/s at depth k-image + 1.
@@ -110,18 +110,6 @@ def write_run(root: Path, base, lat, lon, model: dict, n: int, unit_size: int, s
     return time.time() - t
 
 
-def subprocess_rss(cmd: list[str]) -> tuple[float, float]:
-    """(peak RSS in MiB, wall seconds) of one subprocess, via wait4."""
-    t = time.time()
-    env = dict(os.environ, GEOBUILD_NO_PROGRESS="1")
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {err.decode()[-3000:]}")
-    return usage.ru_maxrss / 1024.0, time.time() - t
-
-
 def machine_state() -> dict:
     """Load average and the busiest other processes (the machine is shared)."""
     ps = subprocess.run(["ps", "-eo", "pcpu,rss,comm", "--sort=-pcpu"], capture_output=True, text=True).stdout.splitlines()
@@ -142,6 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("GEOBUILD_NO_PROGRESS", "1")
 
+    from benchmarks.bench_mine import peak_rss_mb
     from geobuild.artifacts.embeddings import embedded_units, read_embeddings
     from geobuild.artifacts.gallery import load_gallery
     from geobuild.core.runfolder import RunFolder
@@ -174,7 +163,7 @@ def main() -> None:
     if step.exists() and (g_root / "done" / "index" / "gallery").exists():
         rss, wall = json.loads(step.read_text())
     else:
-        rss, wall = subprocess_rss(cmd)
+        rss, wall = peak_rss_mb(cmd)
         step.write_text(json.dumps([rss, wall]))
     info = json.loads((g_root / "index" / "info.json").read_text())
     gps_info = json.loads((g_root / "index" / "gps_info.json").read_text())
@@ -240,7 +229,7 @@ def main() -> None:
     }
     del ctx
     cmd = [sys.executable, "-m", "geobuild", "mine", "--run", str(q_root), "--gallery", str(g_root), "--device", "cpu", "--overwrite"]
-    rss, wall = subprocess_rss(cmd)
+    rss, wall = peak_rss_mb(cmd)
     res["mine"].update({"command": " ".join(cmd[1:]), "subprocess_peak_rss_mib": rss, "subprocess_wall_seconds": wall})
     res["bench_process_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     res["machine_after"] = machine_state()

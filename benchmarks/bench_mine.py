@@ -13,8 +13,8 @@ Measured in one process on a temporary copy of the run:
 - the kde step alone, this code against the reference's (rows and scores compared bytewise);
 - the kde scorer's nearest-point probe against a dense evaluation over the whole GPS gallery
   (speed ratio and top-1 agreement);
-- peak RSS of ``geobuild mine`` subprocesses mining one shard and every shard (a flat curve means
-  memory does not grow with the number of shards).
+- peak RSS (``VmHWM``) of ``geobuild mine`` subprocesses mining one shard and every shard (a flat
+  curve means memory does not grow with the number of shards).
 
 Writes a JSON of the figures to ``benchmarks/results/mine_bench.json`` and prints markdown.
 """
@@ -65,16 +65,31 @@ def _copy_inputs(src: Path, dst: Path) -> None:
         shutil.copytree(src / "done" / "shard", dst / "done" / "shard")
 
 
-def _peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
-    """(peak RSS in MiB, seconds) of one subprocess, via wait4."""
+def peak_rss_mb(cmd: list[str]) -> tuple[float, float]:
+    """(peak RSS in MiB, wall seconds) of one subprocess.
+
+    The peak is the high-water mark (``VmHWM``) of the child's own address space, read from
+    ``/proc`` every 20 ms: ``wait4``'s ``ru_maxrss`` is not used because Linux carries the parent's
+    peak over into the child through vfork + exec, so it reports at least the parent's peak.
+    """
     t = time.time()
     env = dict(os.environ, GEOBUILD_NO_PROGRESS="1")
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024.0, time.time() - t
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        hwm_kb = 0
+        while proc.poll() is None:
+            try:
+                with open(f"/proc/{proc.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            hwm_kb = max(hwm_kb, int(line.split()[1]))
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                pass
+            time.sleep(0.02)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"{' '.join(cmd)} failed: {err.read().decode()[-3000:]}")
+    return hwm_kb / 1024.0, time.time() - t
 
 
 def dense_kde(nb_lat, nb_lon, nb_sim, nb_valid, gps_lat, gps_lon, k, bandwidth_km, temperature):
@@ -243,7 +258,7 @@ def main() -> None:
     for label, spec in (("1 shard", units[0]), (f"{len(units)} shards", "all")):
         d = Path(tempfile.mkdtemp(prefix="bench-mine-rss-"))
         _copy_inputs(src, d / "run")
-        rss, secs = _peak_rss_mb([sys.executable, "-m", "geobuild", "mine", "--run", str(d / "run"), "--shards", spec])
+        rss, secs = peak_rss_mb([sys.executable, "-m", "geobuild", "mine", "--run", str(d / "run"), "--shards", spec])
         mem[label] = {"peak_rss_mib": rss, "wall_seconds": secs}
         shutil.rmtree(d, ignore_errors=True)
     results["peak_rss"] = mem
