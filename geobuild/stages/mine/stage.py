@@ -192,9 +192,11 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
     g_lat = meta["lat"].to_numpy(np.float64)
     g_lon = meta["lon"].to_numpy(np.float64)
     rng = np.random.default_rng(cfg.seed)
-    n_g = len(meta) if cfg.negatives_from in ("gallery", "both") else 0
+    bands = parse_bands(cfg.negatives, cfg.band_edges_km)
+    # without bands no negative is drawn: no pool (its k-d tree would cost seconds at 1M photos)
+    n_g = len(meta) if bands and cfg.negatives_from in ("gallery", "both") else 0
     pool_rows = np.arange(n_g) if n_g <= cfg.negative_pool else np.sort(rng.choice(n_g, cfg.negative_pool, replace=False))
-    use_gps = cfg.negatives_from in ("gps", "both")
+    use_gps = bool(bands) and cfg.negatives_from in ("gps", "both")
     p_lat = np.concatenate([g_lat[pool_rows], gps_lat if use_gps else []])
     p_lon = np.concatenate([g_lon[pool_rows], gps_lon if use_gps else []])
     g_id = meta["id"].to_numpy(dtype=object)
@@ -216,7 +218,7 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
         pool_rows=pool_rows,
         pool_n_gallery=int(pool_rows.size),
         sampler=BandSampler(p_lat, p_lon, keys=p_ids),
-        bands=parse_bands(cfg.negatives, cfg.band_edges_km),
+        bands=bands,
         notes=notes,
     )
     log.info(
@@ -342,7 +344,7 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     # 3. distance-band negatives (pool = gallery rows ctx.pool_rows, then GPS points)
     t = time.time()
     exclude = []
-    for i in range(n):
+    for i in range(n if ctx.bands else 0):
         taken: set[int] = set()
         r = img_rows[i][img_rows[i] >= 0]
         if r.size and ctx.pool_rows.size:
@@ -355,36 +357,23 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     stats["negatives_short"] = int(negs.short)
     stats["seconds_negatives"] = round(time.time() - t, 3)
 
-    # 4. assemble: per query, image, gps, negatives; kind 0 = gallery row, 1 = GPS point
+    # 4. assemble, per query: image, gps, negatives (each in rank order); kind 0 = gallery row, 1 = GPS point
     t = time.time()
-    kinds, rows, src, score, rank, band, offsets = [], [], [], [], [], [], [0]
-    band_names = [b.name for b in ctx.bands]
-    mined = np.zeros(n, dtype=bool)
-    for i in range(n):
-        vi = img_rows[i] >= 0
-        vg = gps_rows[i] >= 0
-        ni, ng = int(vi.sum()), int(vg.sum())
-        neg = negs.index[i]
-        in_gallery = neg < ctx.pool_n_gallery
-        pool_row = ctx.pool_rows[np.minimum(neg, ctx.pool_rows.size - 1)] if ctx.pool_rows.size else np.zeros_like(neg)
-        neg_rows = np.where(in_gallery, pool_row, neg - ctx.pool_n_gallery)
-        total = ni + ng + neg.size
-        if total == 0:
-            ledger.append(reject(q_key[i], q_id[i], "no_candidates", "no image, GPS or negative candidate found"))
-            continue
-        mined[i] = True
-        kinds += [np.zeros(ni, np.int8), np.ones(ng, np.int8), np.where(in_gallery, 0, 1).astype(np.int8)]
-        rows += [img_rows[i][vi], gps_rows[i][vg], neg_rows.astype(np.int64)]
-        src += ["image"] * ni + ["gps"] * ng + ["negative"] * neg.size
-        score += [img_scores[i][vi], gps_scores[i][vg], np.zeros(neg.size, np.float32)]
-        rank += [np.arange(ni), np.arange(ng), np.arange(neg.size)]
-        band += [None] * (ni + ng) + [band_names[b] for b in negs.band[i]]
-        offsets.append(offsets[-1] + total)
-    kinds_a = np.concatenate(kinds) if kinds else np.zeros(0, np.int8)
-    rows_a = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    m = np.flatnonzero(mined)
+    parts = _candidate_grid(img_rows, img_scores, gps_rows, gps_scores, negs, ctx.pool_rows, ctx.pool_n_gallery)
+    valid = parts.pop("valid")
+    per_query = valid.sum(axis=1)
+    for i in np.flatnonzero(per_query == 0):
+        ledger.append(reject(q_key[i], q_id[i], "no_candidates", "no image, GPS or negative candidate found"))
+    m = np.flatnonzero(per_query > 0)
+    flat = {name: a[valid] for name, a in parts.items()}  # row-major: query by query, in grid order
+    kinds_a, rows_a = flat["kind"], flat["row"]
+    offsets = np.concatenate([[0], np.cumsum(per_query[m])])
     counts = np.diff(offsets)
     qidx = np.repeat(np.arange(m.size), counts)
+    src = np.asarray(SOURCES, dtype=object)[flat["source"]]
+    band_names = np.asarray([None] + [b.name for b in ctx.bands], dtype=object)
+    band = band_names[flat["band"] + 1]
+    n_by_source = {s: (parts["source"] == c)[m] & valid[m] for c, s in enumerate(SOURCES)}
 
     is_g = kinds_a == 0
     gr = np.where(is_g, rows_a, 0)
@@ -392,7 +381,8 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     c_lat = np.where(is_g, ctx.g_lat[gr] if ctx.g_lat.size else 0.0, ctx.gps_lat[pr] if ctx.gps_lat.size else 0.0)
     c_lon = np.where(is_g, ctx.g_lon[gr] if ctx.g_lon.size else 0.0, ctx.gps_lon[pr] if ctx.gps_lon.size else 0.0)
     c_key = np.where(is_g, ctx.g_key[gr] if ctx.g_key.size else None, None)
-    c_id = np.where(is_g, ctx.g_id[gr] if ctx.g_id.size else None, np.char.add("gps:", pr.astype(str)).astype(object))
+    c_id = np.where(is_g, ctx.g_id[gr] if ctx.g_id.size else None, None)
+    c_id[~is_g] = [f"gps:{r}" for r in pr[~is_g].tolist()]
 
     # location text: the gallery's own columns where it has them, else one reverse-geocoding batch
     geo_cfg = GeocodeConfig(cfg.place_max_km, cfg.country_max_km)
@@ -407,25 +397,26 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     n_need = int(need.sum())
     c_text = {}
     for f in GEOCODED_FIELDS:
+        found = geo[f].to_numpy(dtype=object)
         col = np.where(own, ctx.g_text[f][gr] if ctx.g_text[f].size else "", "").astype(object)
-        col[need] = geo[f].to_numpy(dtype=object)[:n_need]
+        col[need] = found[:n_need]
         c_text[f] = col
         qcol = q_text_src[f].copy()
-        qcol[~q_has] = geo[f].to_numpy(dtype=object)[n_need:]
+        qcol[~q_has] = found[n_need:]
         q_text_src[f] = qcol
     stats["geocoded_points"] = int(len(geo))
     dist = haversine_km(ql[qidx], qo[qidx], c_lat, c_lon).astype(np.float32)
     stats["seconds_text"] = round(time.time() - t, 3)
 
     tbl = _build_table(
-        unit, q_key[m], q_id[m], ql, qo, q_author[m], q_text_src, np.asarray(offsets, dtype=np.int32),
-        src, c_key, c_id, c_lat, c_lon, np.concatenate(score) if score else np.zeros(0, np.float32),
-        np.concatenate(rank).astype(np.int32) if rank else np.zeros(0, np.int32), c_text, dist, band, table,
+        unit, q_key[m], q_id[m], ql, qo, q_author[m], q_text_src, offsets.astype(np.int32),
+        src, c_key, c_id, c_lat, c_lon, flat["score"], flat["rank"].astype(np.int32), c_text, dist, band,
+        {s: v.sum(axis=1) for s, v in n_by_source.items()}, table,
     )
     remove_leftovers(candidates_path(run, unit))  # a killed attempt's temporary file
     with atomic_path(candidates_path(run, unit)) as tmp:
         pq.write_table(tbl, tmp, row_group_size=CANDIDATES_ROW_GROUP)
-    by_source = {s: int(sum(1 for v in src if v == s)) for s in SOURCES}
+    by_source = {s: int(v.sum()) for s, v in n_by_source.items()}
     stats.update({
         "mined": int(m.size),
         "rejected": len(ledger),
@@ -446,13 +437,52 @@ def _count(values) -> dict[str, int]:
     return out
 
 
-def texts_of(city, state, country) -> list[str]:
-    """GeoRanking's text list for one location: the non-empty of [city, state, country]."""
-    return [t for t in (city, state, country) if t]
+def _candidate_grid(img_rows, img_scores, gps_rows, gps_scores, negs, pool_rows, pool_n_gallery) -> dict[str, np.ndarray]:
+    """Every query's candidates as [n, image + gps + negative slots] arrays: ``kind`` (0 gallery row,
+    1 GPS point), ``row``, ``source`` (index in SOURCES), ``score``, ``rank`` (within its source),
+    ``band`` (index in the bands, -1 for none) and ``valid``; read row-major, the valid slots give
+    each query's image, then GPS, then negative candidates."""
+    n = img_rows.shape[0]
+    n_neg = np.fromiter((a.size for a in negs.index), dtype=np.int64, count=n)
+    kn = int(n_neg.max()) if n else 0
+    vn = np.arange(kn)[None, :] < n_neg[:, None]
+    neg = np.zeros((n, kn), np.int64)
+    neg_band = np.full((n, kn), -1, np.int64)
+    if kn:
+        neg[vn] = np.concatenate(negs.index)
+        neg_band[vn] = np.concatenate(negs.band)
+    in_gallery = neg < pool_n_gallery
+    pool_row = pool_rows[np.minimum(neg, pool_rows.size - 1)] if pool_rows.size else np.zeros_like(neg)
+    vi, vg = img_rows >= 0, gps_rows >= 0
+    ki, kg = vi.shape[1], vg.shape[1]
+
+    def slots(a, b, c):
+        return np.concatenate([np.broadcast_to(a, (n, ki)), np.broadcast_to(b, (n, kg)), np.broadcast_to(c, (n, kn))], axis=1)
+
+    return {
+        "kind": slots(np.int8(0), np.int8(1), np.where(in_gallery, 0, 1).astype(np.int8)),
+        "row": slots(img_rows, gps_rows, np.where(in_gallery, pool_row, neg - pool_n_gallery)),
+        "source": slots(np.int8(0), np.int8(1), np.int8(2)),
+        "score": slots(img_scores.astype(np.float32), gps_scores.astype(np.float32), np.float32(0)),
+        "rank": slots(np.cumsum(vi, axis=1) - 1, np.cumsum(vg, axis=1) - 1, np.arange(kn)),
+        "band": slots(np.int64(-1), np.int64(-1), neg_band),
+        "valid": slots(vi, vg, vn),
+    }
+
+
+def _text_lists(city, state, country):
+    """GeoRanking's text list of each location, the non-empty of [city, state, country] (aligned
+    arrays of strings, '' where unknown), as an Arrow list<string> array."""
+    import pyarrow as pa
+
+    parts = np.stack([np.asarray(city, dtype=object), np.asarray(state, dtype=object), np.asarray(country, dtype=object)], axis=1)
+    keep = parts != ""
+    inner_off = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(inner_off, type=pa.int32()), pa.array(parts[keep].tolist(), type=pa.string()))
 
 
 def _build_table(unit, q_key, q_id, q_lat, q_lon, q_author, q_text, offsets, src, c_key, c_id, c_lat, c_lon,
-                 score, rank, c_text, dist, band, table_fn):
+                 score, rank, c_text, dist, band, n_by_source, table_fn):
     import pyarrow as pa
 
     off = pa.array(offsets, type=pa.int32())
@@ -461,23 +491,12 @@ def _build_table(unit, q_key, q_id, q_lat, q_lon, q_author, q_text, offsets, src
         return pa.ListArray.from_arrays(off, pa.array(values, type=typ))
 
     # cand_texts: list<list<string>>, non-empty of [city, state, country]
-    inner_vals, inner_off = [], [0]
-    for c, s, k in zip(c_text["city"], c_text["state"], c_text["country"]):
-        t = texts_of(c, s, k)
-        inner_vals += t
-        inner_off.append(inner_off[-1] + len(t))
-    texts_inner = pa.ListArray.from_arrays(pa.array(inner_off, type=pa.int32()), pa.array(inner_vals, type=pa.string()))
+    texts_inner = _text_lists(c_text["city"], c_text["state"], c_text["country"])
     thr = np.asarray(THRESHOLDS_KM, dtype=np.float64)
     within = (dist.astype(np.float64)[:, None] < thr[None, :]).ravel()
     within_inner = pa.ListArray.from_arrays(
         pa.array(np.arange(0, within.size + 1, len(thr), dtype=np.int32)), pa.array(within, type=pa.bool_())
     )
-    q_texts = [texts_of(c, s, k) for c, s, k in zip(q_text["city"], q_text["state"], q_text["country"])]
-    counts = {s: [] for s in SOURCES}
-    for a, b in zip(offsets[:-1], offsets[1:]):
-        seg = src[a:b]
-        for s in SOURCES:
-            counts[s].append(sum(1 for v in seg if v == s))
     cols = {
         "key": pa.array(q_key.tolist(), type=pa.string()),
         "id": pa.array(q_id.tolist(), type=pa.string()),
@@ -485,10 +504,10 @@ def _build_table(unit, q_key, q_id, q_lat, q_lon, q_author, q_text, offsets, src
         "lat": pa.array(q_lat, type=pa.float64()),
         "lon": pa.array(q_lon, type=pa.float64()),
         "author": pa.array([None if a is None or (isinstance(a, float) and np.isnan(a)) else str(a) for a in q_author], type=pa.string()),
-        "texts": pa.array(q_texts, type=pa.list_(pa.string())),
-        "cand_source": lst(src, pa.string()),
+        "texts": _text_lists(q_text["city"], q_text["state"], q_text["country"]),
+        "cand_source": lst(src.tolist(), pa.string()),
         "cand_key": lst(c_key.tolist(), pa.string()),
-        "cand_id": lst([str(v) for v in c_id], pa.string()),
+        "cand_id": lst([str(v) for v in c_id.tolist()], pa.string()),
         "cand_lat": lst(c_lat, pa.float64()),
         "cand_lon": lst(c_lon, pa.float64()),
         "cand_score": lst(score.astype(np.float32), pa.float32()),
@@ -501,9 +520,9 @@ def _build_table(unit, q_key, q_id, q_lat, q_lon, q_author, q_text, offsets, src
         "cand_continent": lst(c_text["continent"].tolist(), pa.string()),
         "cand_dist_km": lst(dist, pa.float32()),
         "cand_within": pa.ListArray.from_arrays(off, within_inner),
-        "n_image": pa.array(counts["image"], type=pa.int32()),
-        "n_gps": pa.array(counts["gps"], type=pa.int32()),
-        "n_negative": pa.array(counts["negative"], type=pa.int32()),
-        "cand_band": lst(band, pa.string()),
+        "n_image": pa.array(n_by_source["image"], type=pa.int32()),
+        "n_gps": pa.array(n_by_source["gps"], type=pa.int32()),
+        "n_negative": pa.array(n_by_source["negative"], type=pa.int32()),
+        "cand_band": lst(band.tolist(), pa.string()),
     }
     return table_fn(SCHEMA, cols)
