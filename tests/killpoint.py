@@ -50,8 +50,10 @@ def run_killed(sig: signal.Signals, pattern: str, nth: int, args: list[str], env
     env = dict(os.environ if env is None else env, GEOBUILD_NO_PROGRESS="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     cmd = [sys.executable, str(Path(__file__).resolve()), sig.name, pattern, str(nth), "--", *map(str, args)]
+    # SIGINT as a terminal's foreground process gets it, even when the tests run where it is ignored
+    # (a background job): an ignored SIGINT would be inherited and Python would install no handler
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
