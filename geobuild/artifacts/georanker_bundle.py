@@ -207,6 +207,14 @@ def finish(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def seal(tmp: Path, out: Path, left_out: list[dict], manifest: dict[str, Any]) -> None:
+    """Write the ledger and ``bundle.json`` into ``tmp``, drop the staging folder, rename ``tmp`` to ``out``."""
+    write_ledger(tmp / "ledger.parquet", left_out)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(tmp / "_staging", ignore_errors=True)
+    finish(tmp, out)
+
+
 def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
     rf = RunFolder(run)
     if not rf.root.is_dir():
@@ -221,15 +229,12 @@ def export_bundle(run: str | os.PathLike, opts: BundleOptions) -> BundleResult:
     tmp = prepare_out(out)
     try:
         res = (_train if mode == "train" else _eval)(rf, grun, units, opts, tmp, tar_index)
-        write_ledger(tmp / "ledger.parquet", res.left_out)
-        (tmp / MANIFEST).write_text(json.dumps({
+        seal(tmp, out, res.left_out, {
             "mode": mode, "run": str(rf.root), "gallery": str(grun.root), "candidates": opts.candidates,
             "rows": res.rows, "left_out": len(res.left_out),
             "images_tar": str(Path(opts.images_tar).expanduser().resolve()) if opts.images_tar else "images.tar",
             **({"name": opts.name} if mode == "eval" else {}),
-        }, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(tmp / "_staging", ignore_errors=True)
-        finish(tmp, out)
+        })
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

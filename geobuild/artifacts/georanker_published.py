@@ -20,9 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..core.errors import GeobuildError
-from ..core.ledger import write_ledger
 from ..core.log import get_logger, progress
-from .georanker_bundle import MANIFEST, TRAIN_TABLE, BundleResult, finish, prepare_out, write_photos
+from .georanker_bundle import TRAIN_TABLE, BundleResult, prepare_out, seal, write_photos
 from .georanking import MIN_TAR_BYTES, gr_id
 from .shards import iter_shard
 
@@ -124,13 +123,10 @@ def export_from_published(source: str, out: Path, images: str | None = None) -> 
         kept = table.take(pa.array(keep, type=pa.int64()))
         pq.write_table(kept, tmp / TRAIN_TABLE)
         write_photos(tmp, {i for n in keep for i in ids[n]}, None)
-        write_ledger(tmp / "ledger.parquet", left)
-        (tmp / MANIFEST).write_text(json.dumps({
+        seal(tmp, out, left, {
             "mode": "train", "from": source if not Path(source).expanduser().is_dir() else "published folder",
             "rows": kept.num_rows, "left_out": len(left), "images_tar": "images.tar",
-        }, indent=2, sort_keys=True) + "\n")
-        shutil.rmtree(tmp / "_staging", ignore_errors=True)
-        finish(tmp, out)
+        })
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
