@@ -57,6 +57,10 @@ def exclusion_mask(
     return masks
 
 
+#: the most (query, neighbour) results one search call returns; deeper re-searches go in smaller batches
+SEARCH_BUDGET = 1 << 22
+
+
 def search_image_candidates(
     gallery,
     x: np.ndarray,
@@ -87,26 +91,33 @@ def search_image_candidates(
     depth = min(ntotal, k + max(overfetch, k))
     searches = 0
     while todo.size and depth > 0 and k > 0:
-        scores, rows = gallery.search(x[todo], depth)
-        searches += 1
-        masks = exclusion_mask(
-            rows, scores, g_key, g_id, g_author, q_key[todo], q_id[todo],
-            None if q_author is None else q_author[todo], same_run, dedup_threshold,
-        )
-        drop = np.zeros(rows.shape, dtype=bool)
-        for m in masks.values():
-            drop |= m
-        keep_n = (~drop).sum(axis=1)
-        done = (keep_n >= k) | (depth >= ntotal)
-        for local in np.flatnonzero(done):
-            sel = np.flatnonzero(~drop[local])[:k]
-            i = todo[local]
-            upto = int(sel[-1]) + 1 if sel.size == k else rows.shape[1]
-            for reason, m in masks.items():
-                if reason != "invalid":
-                    excluded[reason] = excluded.get(reason, 0) + int(m[local, :upto].sum())
-            out_r[i, : sel.size] = rows[local, sel]
-            out_s[i, : sel.size] = scores[local, sel]
-        todo = todo[~done]
+        # queries x depth results per search call stay under SEARCH_BUDGET: a gallery of near-duplicates
+        # doubles the depth up to the whole gallery, which must not cost memory in proportion to it
+        step = max(1, SEARCH_BUDGET // depth)
+        undone = []
+        for start in range(0, todo.size, step):
+            part = todo[start:start + step]
+            scores, rows = gallery.search(x[part], depth)
+            searches += 1
+            masks = exclusion_mask(
+                rows, scores, g_key, g_id, g_author, q_key[part], q_id[part],
+                None if q_author is None else q_author[part], same_run, dedup_threshold,
+            )
+            drop = np.zeros(rows.shape, dtype=bool)
+            for m in masks.values():
+                drop |= m
+            keep_n = (~drop).sum(axis=1)
+            done = (keep_n >= k) | (depth >= ntotal)
+            for local in np.flatnonzero(done):
+                sel = np.flatnonzero(~drop[local])[:k]
+                i = part[local]
+                upto = int(sel[-1]) + 1 if sel.size == k else rows.shape[1]
+                for reason, m in masks.items():
+                    if reason != "invalid":
+                        excluded[reason] = excluded.get(reason, 0) + int(m[local, :upto].sum())
+                out_r[i, : sel.size] = rows[local, sel]
+                out_s[i, : sel.size] = scores[local, sel]
+            undone.append(part[~done])
+        todo = np.concatenate(undone)
         depth = min(ntotal, depth * 2)
     return ImagePick(out_r, out_s, excluded, searches)

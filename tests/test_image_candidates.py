@@ -1,0 +1,50 @@
+"""Image-candidate search over a gallery full of near-duplicates: the depth doubles up to the whole
+gallery, in batches whose (query x depth) results stay under SEARCH_BUDGET, with the same picks."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from geobuild.stages.mine import image_candidates
+from geobuild.stages.mine.image_candidates import search_image_candidates
+
+
+def _gallery(n: int = 600, d: int = 16, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(1, d)).astype(np.float32)
+    x = base + 0.001 * rng.normal(size=(n, d)).astype(np.float32)  # all near-duplicates of one photo
+    x[::50] = rng.normal(size=(n // 50, d))  # a few distinct ones
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(d)
+    index.add(x)
+    keys = np.array([f"k{i:04d}" for i in range(n)], dtype=object)
+    return index, x, keys
+
+
+def _pick(index, x, keys):
+    return search_image_candidates(index, x[:40], keys[:40], keys[:40], keys[:40], k=5, same_run=True,
+                                   g_key=keys, g_id=keys, dedup_threshold=0.99)
+
+
+def test_deep_searches_are_batched_under_the_budget_with_the_same_picks(monkeypatch):
+    index, x, keys = _gallery()
+    whole = _pick(index, x, keys)
+    # the near-duplicates of query 1 (a copy of the base photo) leave it only the distinct photos: the
+    # depth went to the whole gallery
+    assert whole.rows[1][0] % 50 == 0 and whole.excluded["near_duplicate"] > 500
+    calls = []
+    real = index.search
+
+    class Spy:
+        ntotal = index.ntotal
+
+        def search(self, q, depth):
+            calls.append(q.shape[0] * depth)
+            return real(q, depth)
+
+    monkeypatch.setattr(image_candidates, "SEARCH_BUDGET", 1200)
+    small = _pick(Spy(), x, keys)
+    assert max(calls) <= 1200 and len(calls) > whole.searches
+    assert np.array_equal(small.rows, whole.rows) and np.array_equal(small.scores, whole.scores)
+    assert small.excluded == whole.excluded
