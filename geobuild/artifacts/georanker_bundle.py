@@ -19,7 +19,6 @@ The bundle is written into a temporary folder beside ``out`` and renamed into pl
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
@@ -40,7 +39,7 @@ from ..core.shardspec import select_units
 from .candidates import read_candidates, recorded_gallery
 from .georanking import MIN_TAR_BYTES, GeorankerOptions, dropped_row, georanking_rows, gr_id, image_entries, query_texts, text
 from .gallery import IDS_FILE, index_path
-from .shards import FIXED_MTIME, iter_shard
+from .shards import add_member, iter_shard
 
 MANIFEST = "bundle.json"
 TRAIN_TABLE = "GeoRanking.parquet"
@@ -127,14 +126,7 @@ def _write_tar(path: Path, staging: Path, ids: list[str]) -> dict[str, tarfile.T
     """A deterministic tar (sorted members, fixed mtime/uid/gid/mode) of ``staging/<id>``; its index."""
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT if all(len(i) < 100 for i in ids) else tarfile.PAX_FORMAT) as tar:
         for gid in sorted(ids):
-            data = (staging / gid).read_bytes()
-            info = tarfile.TarInfo(gid)
-            info.size = len(data)
-            info.mtime = FIXED_MTIME
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
+            add_member(tar, gid, (staging / gid).read_bytes())
     index: dict[str, tarfile.TarInfo] = {}
     with tarfile.open(path, "r:") as tar:
         for m in tar:

@@ -22,6 +22,17 @@ def json_bytes(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
+def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    """Add ``data`` as member ``name`` with the fixed mtime, owner and mode every geobuild tar uses."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = FIXED_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
 class ShardWriter:
     """Write samples to a tar atomically and reproducibly (use as a context manager)."""
 
@@ -43,14 +54,8 @@ class ShardWriter:
         return self._ctx.__exit__(exc_type, exc, tb)
 
     def add_file(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = FIXED_MTIME
-        info.mode = 0o644
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
         assert self._tar is not None
-        self._tar.addfile(info, io.BytesIO(data))
+        add_member(self._tar, name, data)
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
         """Add one sample: ``files`` maps extension ('jpg', 'json') to bytes, written sorted."""
