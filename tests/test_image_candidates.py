@@ -48,3 +48,30 @@ def test_deep_searches_are_batched_under_the_budget_with_the_same_picks(monkeypa
     assert max(calls) <= 1200 and len(calls) > whole.searches
     assert np.array_equal(small.rows, whole.rows) and np.array_equal(small.scores, whole.scores)
     assert small.excluded == whole.excluded
+
+
+def test_an_exhausted_ivf_list_ends_the_deeper_searches_with_the_same_picks():
+    """IVF with one probed list: a query whose list holds fewer photos than it needs gets -1 rows; a
+    deeper search cannot add any, so it stops after the first search (the picks are those of a search
+    that went on to the whole gallery)."""
+    rng = np.random.default_rng(1)
+    d, n = 16, 600
+    centres = rng.normal(size=(6, d)).astype(np.float32)
+    x = centres[rng.integers(0, 6, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, 30, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    index.nprobe = 1
+    keys = np.array([f"k{i:04d}" for i in range(n)], dtype=object)
+    sizes = np.bincount(index.quantizer.search(x, 1)[1].ravel(), minlength=30)
+    k = int(np.median(sizes)) + 5  # more than most lists hold: most queries come up short
+    pick = search_image_candidates(index, x[:40], keys[:40], keys[:40], keys[:40], k=k, same_run=True,
+                                   g_key=keys, g_id=keys, dedup_threshold=0.99)
+    short = (pick.rows < 0).any(axis=1)
+    assert short.sum() > 10 and pick.searches <= 2
+    _, deep = index.search(x[:40], n)  # the whole gallery: what the list of each query holds
+    for i in np.flatnonzero(short):
+        held = [r for r in deep[i] if r >= 0 and r != i]
+        assert sorted(pick.rows[i][pick.rows[i] >= 0]) == sorted(held)

@@ -4,7 +4,8 @@ Excluded: the query itself (a gallery photo with the query's key when the galler
 own run, or with the query's source id in any gallery), optionally photos by the query's author,
 and optionally near-duplicates (cosine similarity at or above a threshold). The index is
 over-fetched so that K neighbours remain; queries still short are searched again with a doubled
-depth until K remain or the whole gallery has been seen.
+depth until K remain, the whole gallery has been seen, or the index returned fewer rows than asked
+(an IVF index whose probed lists are exhausted: a deeper search cannot add a row).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def search_image_candidates(
             for m in masks.values():
                 drop |= m
             keep_n = (~drop).sum(axis=1)
-            done = (keep_n >= k) | (depth >= ntotal)
+            exhausted = (rows < 0).any(axis=1)  # the index has nothing more for this query
+            done = (keep_n >= k) | (depth >= ntotal) | exhausted
             for local in np.flatnonzero(done):
                 sel = np.flatnonzero(~drop[local])[:k]
                 i = part[local]
