@@ -269,3 +269,28 @@ def test_nested_default_and_run_variable(tmp_path, monkeypatch):
     assert load_pipeline(p, variables={"RUN": "/r"}).stages[0].params["salt"] == "/r/publish"
     monkeypatch.setenv("TOY_OUT", "/elsewhere")
     assert load_pipeline(p, variables={"RUN": "/r"}).stages[0].params["salt"] == "/elsewhere"
+
+
+def test_repair_command_repeats_the_set_options_and_runs(toy, tmp_path):
+    """verify's repair command holds the run's --set options: run as printed, it redoes the damaged
+    unit (without them the rerun would be refused as a changed configuration)."""
+    import shlex
+
+    from geobuild.pipeline.spec import rerun_options
+    from geobuild.pipeline.verify import verify_run
+
+    out = tmp_path / "run"
+    assert cli("run", toy, "--out", out, "--set", "make.salt=z", "--set", "make.n=2").exit_code == 0
+    assert yaml.safe_load((out / "pipeline.yaml").read_text())["rerun_options"] == ["--set", "make.salt=z", "--set", "make.n=2"]
+    damaged = sorted((out / "make").glob("*.txt"))[0]
+    damaged.unlink()
+    problems = [f for f in verify_run(RunFolder(out)) if not f.ok]
+    assert problems and problems[0].target.endswith(damaged.name)
+    args = shlex.split(problems[0].repair)
+    assert args[:2] == ["geobuild", "run"] and args[-4:] == ["--set", "make.salt=z", "--set", "make.n=2"]
+    r = cli(*args[1:])
+    assert r.exit_code == 0, r.output
+    assert damaged.exists() and all(f.ok for f in verify_run(RunFolder(out)))
+    assert cli(*args[1:-4]).exit_code != 0  # the same command without the options: another configuration
+    assert rerun_options(["publish_upload.token=hf_x", "make.n=2"], "/g") == [
+        "--set", "publish_upload.token=<redacted>", "--set", "make.n=2", "--gallery", "/g"]

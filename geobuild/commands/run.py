@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         from ..core.executors import make_executor
         from ..pipeline.report import render_summary
         from ..pipeline.run import run_pipeline
-        from ..pipeline.spec import load_pipeline
+        from ..pipeline.spec import load_pipeline, rerun_options
         from ..core.runfolder import RunFolder
 
         run = RunFolder(out)
@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
             overrides.append(f"publish_upload.to={to.expanduser().resolve()}")
         selected = [s.name for s in loose.select(start, until)]
         pipe = load_pipeline(pipeline, variables=variables, strict_stages=selected, overrides=overrides)
+        pipe.rerun_options = rerun_options(overrides, variables.get("GALLERY"))
         if ray_address and executor == "local":
             executor = "ray"  # joining a cluster means running on it
         if executor == "local":

@@ -51,6 +51,8 @@ def write_pipeline_copy(run: RunFolder, pipeline: Pipeline) -> None:
     """RUN/pipeline.yaml: the resolved pipeline (variables substituted, defaults, no secrets)."""
     run.root.mkdir(parents=True, exist_ok=True)
     doc = {"source": str(pipeline.path.resolve()), **pipeline.resolved()}
+    if pipeline.rerun_options:
+        doc["rerun_options"] = list(pipeline.rerun_options)
     with atomic_path(run.path("pipeline.yaml")) as tmp:
         tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
 

@@ -70,6 +70,8 @@ class Pipeline:
     path: Path
     name: str
     stages: list[StageSpec]
+    #: the ``geobuild run`` options besides the file that shaped it (``--set``, ``--gallery``), secrets redacted
+    rerun_options: list[str] = field(default_factory=list)
 
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
@@ -149,6 +151,16 @@ def config_fields(config_cls: type) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - unresolved forward references: keep raw annotations
         hints = {}
     return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(config_cls) if f.init and not f.name.startswith("_")}
+
+
+def rerun_options(overrides: list[str], gallery: str | None = None) -> list[str]:
+    """The ``--set`` / ``--gallery`` options of a run, secret values redacted (``pipeline.yaml``
+    records them so that a repair command repeats them)."""
+    out: list[str] = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        out += ["--set", f"{key}={REDACTED}" if sep and value and SECRET_RE.search(key) else o]
+    return out + (["--gallery", gallery] if gallery else [])
 
 
 def load_pipeline(

@@ -11,6 +11,7 @@ repairs it: rerunning a stage redoes exactly the units whose markers no longer h
 from __future__ import annotations
 
 import json
+import shlex
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +57,15 @@ def repair_command(run: RunFolder, stage: str, flags: str = "") -> str:
     """The command that redoes what no longer holds in ``stage``: the pipeline the run was made
     with, or the stage's own command with the options it was run with (plus ``flags``)."""
     try:
-        source = (yaml.safe_load(run.path("pipeline.yaml").read_text()) or {}).get("source")
+        recorded = yaml.safe_load(run.path("pipeline.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
-        source = None
+        recorded = {}
+    source = recorded.get("source")
     if source:
-        return f"geobuild run {source} --out {run.root}{flags} (with the --set options it was run with)"
+        options = recorded.get("rerun_options")
+        if options is None:  # recorded before rerun_options existed
+            return f"geobuild run {source} --out {run.root}{flags} (with the --set options it was run with)"
+        return shlex.join(["geobuild", "run", str(source), "--out", str(run.root), *map(str, options)]) + flags
     cmd = "publish" if stage == "publish_upload" else stage
     flag = "--out" if stage == "shard" else "--run"
     return f"geobuild {cmd} {flag} {run.root}{flags} (with the options it was run with)"
