@@ -257,3 +257,28 @@ def test_verify_reports_another_schema_version_and_an_unreadable_tar(tmp_path):
         f.truncate(3000)
     bad = [(f.stage, f.check, f.target) for f in verify_run(run) if not f.ok]
     assert bad == [("mine", "schema", "candidates/00001.parquet"), ("shard", "tar", "shards/00000.tar")]
+
+
+def test_a_run_recorded_with_absolute_paths_and_then_moved_resumes(tmp_path):
+    """Runs made before paths were recorded relative hold their old folder in config.yaml; moved,
+    they resume: summary.json names where the run was."""
+    import yaml
+
+    root = tmp_path / "run"
+    run = RunFolder(root)
+    cfg = {"to": str(root / "publish"), "same": str(root)}
+    run.check_config("s", cfg)
+    run.path("config.yaml").write_text(yaml.safe_dump({"s": cfg}))  # as the old code recorded it
+    run.write_json(run.path("summary.json"), {"run": str(root), "stages": []})
+    _both(run)
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    root.rename(moved)
+    run2 = RunFolder(moved)
+    assert run2.previous_root() == root
+    assert run2.check_config("s", {"to": str(moved / "publish"), "same": str(moved)}) is False
+    assert run2.read_config()["s"] == {"to": "publish", "same": "."}
+    a, b = _both(run2)
+    assert a.done == [] and b.done == []
+    with pytest.raises(Exception, match="different 's' configuration"):  # another folder is still a change
+        run2.check_config("s", {"to": str(tmp_path / "publish"), "same": str(moved)})

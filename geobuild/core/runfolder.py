@@ -128,6 +128,9 @@ class RunFolder:
         input) is no change when the file or folder it names has the content recorded in
         ``inputs.json`` (or, for runs made before that file, the content of the old path)."""
         old = relative_paths(self.read_config().get(section), self.root)  # runs made before paths were relative
+        before = self.previous_root()
+        if before is not None:  # ... and since moved: their absolute paths name the old folder
+            old = relative_paths(old, before)
         if old is None or old == new:
             return None
         if isinstance(old, dict) and isinstance(new, dict) and inputs:
@@ -142,6 +145,14 @@ class RunFolder:
             if old == new:
                 return None
         return changed_keys(old, new)
+
+    def previous_root(self) -> Path | None:
+        """Where the run folder was when ``geobuild run`` last wrote ``summary.json``, if elsewhere."""
+        try:
+            was = json.loads(self.path("summary.json").read_text()).get("run")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return Path(was) if isinstance(was, str) and os.path.isabs(was) and Path(was) != self.root else None
 
     def _inputs(self) -> dict[str, Any]:
         try:
