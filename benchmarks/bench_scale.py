@@ -177,6 +177,25 @@ def growth(results: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def million(path: Path = REPO / "benchmarks" / "results" / "gallery_1m.json") -> str:
+    """The 1M-vector index and mine rows, from ``benchmarks.bench_gallery_1m``'s results."""
+    if not path.exists():
+        return "(not measured: run `python -m benchmarks.bench_gallery_1m`)"
+    d = json.loads(path.read_text())
+    ix, se, mi = d["index"], d["search"], d["mine"]
+    return "\n".join([
+        f"{d['vectors']:,} gallery vectors of 1280 dims made from the sample's EfficientNet-Lite0 embeddings "
+        "(recipe and commands in [gallery_1m.md](gallery_1m.md)):", "",
+        "| figure | value |", "|---|---|",
+        f"| index (`--kind auto`) | `{ix['factory']}`, nprobe {se['nprobe']} |",
+        f"| `geobuild index` wall / peak RSS | {ix['wall_seconds']:,.0f} s / {ix['peak_rss_mib']:,.0f} MiB |",
+        f"| index bytes per vector | {ix['faiss_bytes_per_vector']:,.0f} (+ {ix['ids_parquet_bytes_per_vector']:.0f} in ids.parquet) |",
+        f"| recall@10 vs exact search, {se['heldout_queries']:,} held-out queries | {se['recall@10_heldout']:.3f} |",
+        f"| `geobuild mine` of {d['queries']:,} queries | {mi['qps']:.0f} queries/s = {mi['ratio_to_bare_search']:.2f} of the bare search; "
+        f"peak RSS {mi['subprocess_peak_rss_mib']:,.0f} MiB |",
+    ])
+
+
 def markdown(doc: dict[str, Any]) -> str:
     res = doc["results"]
     sizes = ", ".join(f"{r['n'] // 1000}K" for r in res)
@@ -194,6 +213,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "near-duplicate rule (cosine >= 0.98) drops, searching deeper as N grows; a real collection has far fewer.", "",
         "## Peak memory from the second-largest to the largest size", "",
         growth(res), "",
+        "## A 1M-vector gallery", "",
+        million(), "",
         "## Extrapolation to MP16-Pro (4.7M photos), not measured", "",
         extrapolation(res), "",
     ])
