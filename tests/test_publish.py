@@ -346,3 +346,42 @@ def test_upload_interrupted_then_resumed(tmp_path):
         assert TOKEN not in proc.stdout + proc.stderr
     assert TOKEN not in _all_text(tmp_path / "run", out)
     assert yaml.safe_load((run.root / "config.yaml").read_text())["publish_upload"]["repo_id"] == "geo/georanking-mini"
+
+
+def test_verify_accounts_for_every_published_row(staged, tmp_path):
+    """`geobuild verify` checks that mined query rows = published rows + ledgered rejects and that the
+    manifest's row counts agree; a manifest or stats that lost a row is reported."""
+    import shutil
+
+    import yaml
+
+    from geobuild.core.runfolder import RunFolder
+    from geobuild.pipeline.verify import verify_run
+
+    _, run, out = staged
+    shutil.copytree(run.root, tmp_path / "run")
+    shutil.copytree(out, tmp_path / "out")
+    copy = RunFolder(tmp_path / "run")
+    cfg = yaml.safe_load(copy.path("config.yaml").read_text())
+    cfg["publish"]["to"] = str(tmp_path / "out")
+    copy.path("config.yaml").write_text(yaml.safe_dump(cfg))
+
+    def findings():
+        return [f for f in verify_run(copy) if f.stage == "publish" and f.check == "accounting"]
+
+    rows = sum(pq.read_metadata(p).num_rows for p in copy.path("candidates").glob("*.parquet"))
+    rejected = pq.read_table(copy.ledger_path("publish", "dataset")).num_rows  # a query without distances
+    assert rows > 0 and rejected == 1
+    (ok,) = findings()
+    assert ok.ok and ok.detail.startswith(f"{rows} query rows = {rows - 1} published + 1 rejected")
+    manifest = tmp_path / "out" / "dataset" / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["rows"]["candidates"]["train"] -= 1
+    manifest.write_text(json.dumps(doc))
+    stats = copy.stats_path("publish", "dataset")
+    st = json.loads(stats.read_text())
+    st["queries"]["validation"] -= 1
+    stats.write_text(json.dumps(st))
+    problems = [f.detail for f in findings() if not f.ok]
+    assert any(p.startswith(f"mine wrote {rows} query rows but {rows - 2} were published") for p in problems)
+    assert any(p.startswith("manifest: candidates rows") for p in problems)

@@ -22,7 +22,7 @@ import yaml
 from ..core import schemas
 from ..core.ledger import OK
 from ..core.markers import HASH, marker_problem, read_marker, resolve_record, stale_input, unit_problem
-from ..core.runfolder import TMP_MARK, RunFolder
+from ..core.runfolder import TMP_MARK, RunFolder, in_run
 from ..stages import STAGES
 from .spec import stage_classes
 
@@ -78,6 +78,8 @@ def verify_run(run: RunFolder, deep: bool = False, classes: dict[str, type] | No
     for stage in stage_names(run):
         out += list(check_markers(run, stage, deep))
         out += list(check_accounting(run, stage, (classes or {}).get(stage)))
+    if "dataset" in run.done_units("publish"):
+        out += list(check_publish_accounting(run))
     out += list(check_schemas(run))
     out += list(check_tars(run))
     out += list(check_temporaries(run))
@@ -183,6 +185,58 @@ def check_accounting(run: RunFolder, stage: str, cls: type | None = None) -> Ite
         yield Finding(stage, "accounting", f"stats/{stage}/", True, f"{len(units)} units: outputs + ledger = inputs")
     if stage == "shard":
         yield from _check_sizes(run, units, fix)
+
+
+def check_publish_accounting(run: RunFolder) -> Iterator[Finding]:
+    """The published dataset holds every query row mine wrote, less the ledgered rejects: published
+    rows + rejects = candidates rows; the manifest's rows equal the stats (the ``georanker`` config less
+    its own ``georanker_*`` rejects, which stay in ``candidates``)."""
+    import pyarrow.parquet as pq
+
+    fix = f"rm {run.marker_path('publish', 'dataset')}; {repair_command(run, 'publish')}"
+    st = _stats(run, "publish", "dataset")
+    if st is None:
+        yield Finding("publish", "accounting", "publish/dataset", False, "stats/publish/dataset.json is missing or unreadable", fix)
+        return
+    try:  # what publish read: the query rows of the candidates files (each joined with its distances)
+        rows_in = sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(run.path("candidates").glob("*.parquet")))
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the schema check
+        rows_in = -1
+    queries = {s: int(n) for s, n in (st.get("queries") or {}).items()}
+    path = run.ledger_path("publish", "dataset")
+    try:
+        status = pq.read_table(path, columns=["status"]).column("status").to_pylist() if path.exists() else []
+    except Exception:  # noqa: BLE001 - any unreadable Parquet is one finding
+        yield Finding("publish", "accounting", "publish/dataset", False, f"{_rel(run, path)} is unreadable", fix)
+        return
+    own = sum(1 for x in status if str(x).startswith("georanker_"))
+    problems = []
+    if len(status) != st.get("rejected"):
+        problems.append(f"{st.get('rejected')} rejected but {len(status)} rows in the ledger")
+    if sum(queries.values()) + len(status) - own != rows_in:
+        problems.append(f"mine wrote {rows_in} query rows but {sum(queries.values())} were published and "
+                        f"{len(status) - own} rejected")
+    to = (run.read_config().get("publish") or {}).get("to")
+    manifest = Path(in_run(run, to)) / "dataset" / "manifest.json" if to else None
+    if manifest is not None and manifest.exists():
+        try:
+            rows = json.loads(manifest.read_text()).get("rows", {})
+        except ValueError:
+            rows = None
+        if not isinstance(rows, dict):
+            problems.append(f"{manifest} is unreadable")
+        else:
+            got = {s: (rows.get("candidates") or {}).get(s, 0) for s in queries}
+            if got != queries:
+                problems.append(f"manifest: candidates rows {got}, the stats say {queries}")
+            if "georanker" in rows and sum(rows["georanker"].values()) != sum(queries.values()) - own:
+                problems.append(f"manifest: georanker has {sum(rows['georanker'].values())} rows, expected "
+                                f"{sum(queries.values()) - own} ({own} georanker_* rejects)")
+    for p in problems:
+        yield Finding("publish", "accounting", "publish/dataset", False, p, fix)
+    if not problems:
+        yield Finding("publish", "accounting", "publish/dataset", True,
+                      f"{rows_in} query rows = {sum(queries.values())} published + {len(status) - own} rejected; manifest agrees")
 
 
 def _check_sizes(run: RunFolder, units: list[str], fix: str) -> Iterator[Finding]:
