@@ -143,32 +143,52 @@ def latlon_problem(lat_raw: Any, lon_raw: Any, lat: float, lon: float) -> str:
     return f"LAT/LON out of range: {lat}, {lon}"
 
 
-def _dedupe(keys: pd.Series, ids: pd.Series, status: list[str], message: list[str | None]) -> None:
-    """Mark every repeat of a key (same id, or ids that sanitise to the same key) as duplicate."""
-    dup = keys.duplicated(keep="first").to_numpy() & (keys != "").to_numpy()
-    if not dup.any():
-        return
-    first = pd.Series(np.arange(len(keys)), index=keys.to_numpy()).groupby(level=0).first()
-    for i in np.flatnonzero(dup):
-        j = int(first[keys.iat[i]])
-        if ids.iat[i] == ids.iat[j]:
+def _dedupe(keys: pd.Series, ids: pd.Series, status: list[str], message: list[str | None],
+            maybe: np.ndarray, first: dict[str, tuple[int, str]], offset: int = 0) -> None:
+    """Mark every repeat of a key (same id, or ids that sanitise to the same key) as duplicate.
+
+    ``maybe``: the rows that may repeat a key (the others are unique); ``first``: key -> (row, id)
+    of its first row, carried from batch to batch; ``offset``: the row number of the batch's first row.
+    """
+    for i in np.flatnonzero(maybe):
+        k = keys.iat[i]
+        if k not in first:
+            first[k] = (offset + int(i), ids.iat[i])
+            continue
+        j, id_j = first[k]
+        if ids.iat[i] == id_j:
             message[i] = f"duplicate id {ids.iat[i]!r} (first at row {j})"
         else:
-            message[i] = f"key {keys.iat[i]!r} collides with id {ids.iat[j]!r} (row {j})"
+            message[i] = f"key {k!r} collides with id {id_j!r} (row {j})"
         status[i] = "duplicate"
+
+
+def _key_hashes(keys: pd.Series) -> np.ndarray:
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy(np.uint64)
 
 
 def _strings(table: pa.Table, name: str) -> pd.Series:
     return table.column(name).to_pandas().fillna("").astype(str)
 
 
-def plan_from_table(table: pa.Table, cols: Columns | None) -> pa.Table:
-    """Build the plan from a table of string columns (``cols`` None: an EXIF file list in ``id``)."""
+def plan_from_table(table: pa.Table, cols: Columns | None, offset: int = 0,
+                    repeated: np.ndarray | None = None, first: dict[str, tuple[int, str]] | None = None) -> pa.Table:
+    """Build the plan from a table of string columns (``cols`` None: an EXIF file list in ``id``).
+
+    A batch of a longer file (:func:`plan_batches`): ``offset`` is its first row's number,
+    ``repeated`` the sorted hashes of keys that occur more than once in the whole file and ``first``
+    the first row of each such key seen so far (updated).
+    """
     import pyarrow.compute as pc
 
     n = table.num_rows
     ids = _strings(table, cols.id if cols else "id").str.strip()
     keys = ids.map(sanitize_key)
+    if repeated is None:  # the whole file
+        maybe, first = keys.duplicated(keep=False).to_numpy(copy=True), {}
+    else:
+        maybe = np.isin(_key_hashes(keys), repeated, assume_unique=False)
+    maybe = maybe & (keys != "").to_numpy()
     bkeys = ids.map(lambda s: sanitize_key(s.replace("\\", "/").rsplit("/", 1)[-1]))
     status = ["ok"] * n
     message: list[str | None] = [None] * n
@@ -182,11 +202,11 @@ def plan_from_table(table: pa.Table, cols: Columns | None) -> pa.Table:
         lat = np.full(n, np.nan)
         lon = np.full(n, np.nan)
         author = pd.Series([""] * n)
-    _dedupe(keys, ids, status, message)
+    _dedupe(keys, ids, status, message, maybe, first if first is not None else {}, offset)
     for i in np.flatnonzero((ids == "").to_numpy()):
         status[i], message[i] = "missing_id", "row has an empty id"
     data: dict[str, Any] = {
-        "row": pa.array(np.arange(n, dtype=np.int64)),
+        "row": pa.array(np.arange(offset, offset + n, dtype=np.int64)),
         "id": pa.array(ids.tolist(), pa.string()),
         "key": pa.array(keys.tolist(), pa.string()),
         "bkey": pa.array(bkeys.tolist(), pa.string()),
@@ -202,25 +222,70 @@ def plan_from_table(table: pa.Table, cols: Columns | None) -> pa.Table:
     return pa.table(data)
 
 
+def _csv_options(cols: Columns, block_size: int = 1 << 24, use_threads: bool = True):
+    from pyarrow import csv as pacsv
+
+    usecols = list(dict.fromkeys([c for c in (cols.id, cols.lat, cols.lon, cols.author, *cols.text) if c]))
+    return usecols, dict(
+        read_options=pacsv.ReadOptions(encoding="utf8", block_size=block_size, use_threads=use_threads),
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            include_columns=usecols,
+            column_types={c: pa.string() for c in usecols},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
 def read_csv_table(path: Path, cols: Columns) -> pa.Table:
     """The needed columns of the CSV as Arrow strings (empty cells as '')."""
     from pyarrow import csv as pacsv
 
-    usecols = list(dict.fromkeys([c for c in (cols.id, cols.lat, cols.lon, cols.author, *cols.text) if c]))
+    _, options = _csv_options(cols)
     try:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(encoding="utf8", block_size=1 << 24),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=usecols,
-                column_types={c: pa.string() for c in usecols},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        return pacsv.read_csv(path, **options)
     except (OSError, ValueError, pa.ArrowInvalid) as exc:
         raise GeobuildError(f"cannot read metadata CSV {path}: {str(exc).splitlines()[0]}") from None
+
+
+def csv_batches(path: Path, cols: Columns, block_size: int = 1 << 22):
+    """The needed columns of the CSV as Arrow string tables of about ``block_size`` bytes of CSV each
+    (one empty table for a CSV without rows)."""
+    from pyarrow import csv as pacsv
+
+    usecols, options = _csv_options(cols, block_size, use_threads=False)
+    try:
+        # a Python file object: given a path, Arrow reads ahead of the parser without bound (the
+        # whole file); this way only the block being parsed is held
+        with open(path, "rb") as f:
+            empty = True
+            for batch in pacsv.open_csv(f, **options):
+                if batch.num_rows:
+                    empty = False
+                    yield pa.Table.from_batches([batch])
+        if empty:
+            yield pa.table({c: pa.array([], pa.string()) for c in usecols})
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        raise GeobuildError(f"cannot read metadata CSV {path}: {str(exc).splitlines()[0]}") from None
+
+
+def plan_batches(path: Path, cols: Columns, block_size: int = 1 << 22):
+    """The plan of a metadata CSV, batch by batch, in two streamed passes: the first hashes every key
+    (8 bytes per row are all that is kept), the second builds each batch's rows and checks exactly
+    only the keys whose hash occurs more than once. Memory is one batch, not the file."""
+    id_only = Columns(id=cols.id, lat="", lon="", author=None, text=[])
+    hashes = []
+    for table in csv_batches(path, id_only, block_size):
+        keys = _strings(table, cols.id).str.strip().map(sanitize_key)
+        hashes.append(_key_hashes(keys[keys != ""]))
+    h = np.sort(np.concatenate(hashes)) if hashes else np.zeros(0, np.uint64)
+    repeated = np.unique(h[1:][h[1:] == h[:-1]])
+    first: dict[str, tuple[int, str]] = {}
+    offset = 0
+    for table in csv_batches(path, cols, block_size):
+        yield plan_from_table(table, cols, offset, repeated, first)
+        offset += table.num_rows
 
 
 def text_value(column: str, raw: str | None) -> Any:

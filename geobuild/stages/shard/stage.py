@@ -32,6 +32,8 @@ Units for a streamed tar (MP16-Pro's ``mp-16-images.tar`` or its parts)
 
 from __future__ import annotations
 
+import itertools
+
 import math
 import zipfile
 import zlib
@@ -68,8 +70,8 @@ from .stream import stream_units
 from ...sources.metadata import (
     FORMATS,
     member_keys,
+    plan_batches,
     plan_from_table,
-    read_csv_table,
     read_header,
     resolve_columns,
     text_value,
@@ -206,19 +208,23 @@ class ShardStage(Stage):
             from ...sources.archive import ImageFiles
 
             names = ImageFiles(Path(cfg.images)).names
-            table = plan_from_table(pa.table({"id": pa.array(names, pa.string())}), None)
+            batches = iter([plan_from_table(pa.table({"id": pa.array(names, pa.string())}), None)])
             text_cols: list[str] = []
         else:
             meta_path = Path(cfg.metadata)  # type: ignore[arg-type]
             header = read_header(meta_path)
             cols = resolve_columns(header, cfg.format, cfg.id_col, cfg.lat_col, cfg.lon_col, cfg.author_col, cfg.text_cols)
-            table = plan_from_table(read_csv_table(meta_path, cols), cols)
+            batches = plan_batches(meta_path, cols)  # streamed: memory is one batch of the CSV
             text_cols = cols.text
-        table = table.replace_schema_metadata({b"geobuild.shard_plan": sig_bytes(sig), b"geobuild.text_cols": ",".join(text_cols).encode()})
+        meta = {b"geobuild.shard_plan": sig_bytes(sig), b"geobuild.text_cols": ",".join(text_cols).encode()}
+        rows = 0
         with atomic_path(path) as tmp:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table, max_chunksize=65536)
-        log.info("shard plan: %d input rows -> %s", table.num_rows, path)
+            first = next(batches)
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, first.schema.with_metadata(meta)) as writer:
+                for table in itertools.chain([first], batches):
+                    writer.write_table(table.replace_schema_metadata(meta), max_chunksize=65536)
+                    rows += table.num_rows
+        log.info("shard plan: %d input rows -> %s", rows, path)
         return path
 
     def units(self, run: RunFolder) -> list[str]:
