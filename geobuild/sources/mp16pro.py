@@ -166,7 +166,7 @@ class KeyIndex:
     """Exact lookup of strings (keys) to row numbers via sorted 64-bit hashes, verified on hit."""
 
     def __init__(self, keys, rows: np.ndarray | None = None, chunk: int = 65536):
-        """``keys``: a pyarrow string array (kept, compact) or a list; ``rows``: row per key."""
+        """``keys``: a pyarrow string (chunked) array (kept, not copied) or a list; ``rows``: row per key."""
         self.keys = keys
         n = len(keys)
         rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)

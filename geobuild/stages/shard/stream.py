@@ -76,8 +76,8 @@ def stream_units(stage: Stage, run: RunFolder) -> Iterator[tuple[str, dict[str, 
         log.info("shard: resuming after %d finished units (%d tar members)", k, skip)
 
     n_rows = plan.num_rows
-    index = KeyIndex(plan.column("key").combine_chunks())
-    bindex = KeyIndex(plan.column("bkey").combine_chunks())
+    index = KeyIndex(plan.column("key"))  # the memory-mapped column: no copy of the keys
+    bindex = KeyIndex(plan.column("bkey"))
     seen = np.zeros(n_rows, dtype=bool)
 
     def match(name: str) -> int:
