@@ -121,6 +121,16 @@ def reverse_geocode(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> pd.Dat
     unknown), ``country_code`` and ``place_km`` (distance to the nearest GeoNames place).
     Duplicate points are looked up once. Non-finite coordinates give empty text.
     """
+    out = geocode_arrays(lat, lon, config)
+    place_km = out.pop("place_km")
+    df = pd.DataFrame(out)
+    df["place_km"] = place_km
+    return df
+
+
+def geocode_arrays(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> dict[str, np.ndarray]:
+    """:func:`reverse_geocode`'s columns as numpy arrays (object arrays of str, ``place_km``
+    float64), without building a DataFrame."""
     lat = np.asarray(lat, dtype=np.float64).ravel()
     lon = np.asarray(lon, dtype=np.float64).ravel()
     n = lat.size
@@ -156,6 +166,5 @@ def reverse_geocode(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> pd.Dat
         for f, vals in u.items():
             out[f][idx] = np.asarray(vals, dtype=object)[inverse]
         place_km[idx] = dist[inverse]
-    df = pd.DataFrame(out)
-    df["place_km"] = place_km
-    return df
+    out["place_km"] = place_km
+    return out
