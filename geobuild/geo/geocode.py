@@ -148,12 +148,13 @@ def geocode_arrays(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> dict[st
         cc = np.array([r["cc"] for r in res], dtype=object)
         near = dist <= config.place_max_km
         inland = dist <= config.country_max_km
+        # object arrays: the strings are the geocoder's own, shared, not a copy per point
         u = {
-            "city": np.where(near, [r["name"] for r in res], ""),
-            "county": np.where(near, [r["admin2"] for r in res], ""),
-            "state": np.where(near, [r["admin1"] for r in res], ""),
-            "country": np.where(inland, [country_name(c) for c in cc], ""),
-            "continent": np.where(inland, [continent_of(c) for c in cc], ""),
+            "city": np.where(near, np.array([r["name"] for r in res], dtype=object), ""),
+            "county": np.where(near, np.array([r["admin2"] for r in res], dtype=object), ""),
+            "state": np.where(near, np.array([r["admin1"] for r in res], dtype=object), ""),
+            "country": np.where(inland, np.array([country_name(c) for c in cc], dtype=object), ""),
+            "continent": np.where(inland, np.array([continent_of(c) for c in cc], dtype=object), ""),
             "country_code": np.where(inland, cc, ""),
         }
         antarctic = uniq[:, 0] <= ANTARCTIC_LAT
