@@ -249,25 +249,28 @@ def _spread(rows: np.ndarray, size: np.ndarray, points_rad, k: int, min_sep_km: 
     # where it lies clearly on one side, and by the haversine itself within a hair of the edge
     edge = 2.0 * np.sin(min(min_sep_km / EARTH_RADIUS_KM, np.pi) / 2.0)
     near2, far2 = (edge * (1.0 - _CHORD_TOL)) ** 2, (edge * (1.0 + _CHORD_TOL)) ** 2
-    blocked = np.arange(m)[None, :] >= np.minimum(size, 16 * k)[:, None]  # beyond a query's best min(size, 16k)
+    free = np.arange(m)[None, :] < np.minimum(size, 16 * k)[:, None]  # a query's best min(size, 16k)
     chosen = np.zeros((b, m), dtype=bool)
-    count = np.zeros(b, dtype=np.int64)
-    for jj in range(m):
-        take = np.flatnonzero(~blocked[:, jj] & (count < k))
-        if take.size == 0:
-            continue
-        chosen[take, jj] = True
-        count[take] += 1
-        # only a taken point's distances to the points after it are ever read: [taken, m - jj - 1]
-        diff = xyz[take, jj + 1 :] - xyz[take, jj, None]
-        chord2 = np.einsum("tik,tik->ti", diff, diff)
+    # round by round, every query still short of k takes its densest point not within min_sep_km of
+    # one it took (the greedy pass in density order, one taken point per query and round)
+    active = np.arange(b)
+    for _ in range(k):
+        active = active[free[active].any(axis=1)]
+        if active.size == 0:
+            break
+        jj = free[active].argmax(axis=1)
+        chosen[active, jj] = True
+        diff = xyz[active] - xyz[active, jj][:, None]
+        chord2 = np.einsum("tik,tik->ti", diff, diff)  # [active, m]
         close = chord2 < near2
         ti, ci = np.nonzero((chord2 >= near2) & (chord2 <= far2))
         if ti.size:
-            tk, cc = take[ti], jj + 1 + ci
-            d = _haversine_rad(la[tk, jj], lo[tk, jj], co[tk, jj], la[tk, cc], lo[tk, cc], co[tk, cc])
+            tk, tj = active[ti], jj[ti]
+            d = _haversine_rad(la[tk, tj], lo[tk, tj], co[tk, tj], la[tk, ci], lo[tk, ci], co[tk, ci])
             close[ti, ci] = d < min_sep_km
-        blocked[take, jj + 1 :] |= close
+        close[np.arange(active.size), jj] = True  # taken
+        free[active] &= ~close
+    count = chosen.sum(axis=1)
     # too few far-apart points among those probed: fill up with the next best, in density order
     rest = np.ones((b, c), dtype=bool)
     rest[:, :m] = ~chosen
