@@ -189,3 +189,20 @@ def test_min_separation_is_decided_exactly_at_the_edge(fixture):
         above = kde_candidates(*q, tree, k=2, bandwidth_km=H, temperature=T, probe=PROBE, min_sep_km=np.nextafter(edge, np.inf))
         assert at.rows[0].tolist() == [a, b], i
         assert above.rows[0, 0] == a and above.rows[0, 1] != b, i
+
+
+@pytest.mark.parametrize("km", [[0.0004, 0.0009, 0.0011], [3.0, 7.5, 9.0], [400.0, 900.0, 1500.0]])
+def test_min_separation_edge_at_metres_and_at_hundreds_of_km(km):
+    """The same exact edge for GPS points a metre apart (where the chord's rounding is relatively
+    large) and hundreds of km apart: one neighbour at a real place, points around it."""
+    from geobuild.geo.spatial import destination
+
+    lat, lon = destination(np.full(3, 48.8566), np.full(3, 2.3522), np.asarray(km), np.array([0.3, 2.5, 4.4]))
+    tree = PointTree(lat, lon)
+    a, b = 0, 1  # nearest to the neighbour: densest
+    edge = float(haversine_km(lat[a], lon[a], lat[b], lon[b]))
+    nb = (np.array([[48.8566]]), np.array([[2.3522]]), np.ones((1, 1), np.float32), np.ones((1, 1), bool))
+    at = kde_candidates(*nb, tree, k=2, bandwidth_km=1000.0, temperature=T, probe=3, min_sep_km=edge)
+    above = kde_candidates(*nb, tree, k=2, bandwidth_km=1000.0, temperature=T, probe=3, min_sep_km=np.nextafter(edge, np.inf))
+    assert at.rows[0].tolist() == [a, b]
+    assert above.rows[0].tolist() == [a, 2]  # the third point is farther from the first than the second is

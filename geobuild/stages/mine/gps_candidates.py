@@ -8,9 +8,10 @@ neighbours' locations, evaluated at GPS-gallery points near those neighbours::
 with ``h`` the bandwidth in km and ``T`` the similarity temperature. Only the ``probe`` nearest
 gallery points of every neighbour are evaluated (the kernel is negligible elsewhere), so the cost
 does not grow with the GPS gallery. The score stored is the density (weights sum to 1). Queries
-are scored in batches with numpy; a (neighbour, point) term is computed only when a triangle-
-inequality bound says it can exceed exp(-745) (smaller ones are 0.0 in float64), and the kept
-terms are summed in neighbour order, so the densities are bitwise those of the full sum.
+are scored in batches with numpy; a (neighbour, point) term is left out only when triangle-
+inequality bounds show it cannot change the float64 sum (it is 0.0, or under half an ulp of the
+sum it is added to), and the kept terms are summed in neighbour order, so the densities are
+bitwise those of the full sum.
 
 ``geoclip`` (open_clip ViT-L-14 with OpenAI weights only): GeoCLIP's image head, an MLP read
 directly from the ``geoclip`` wheel (``weights/image_encoder_mlp_weights.pth``), maps the query's
@@ -46,8 +47,10 @@ _NEGLIGIBLE_LOG = 760.0
 _ABSORBED_LOG = 40.0
 #: km added to distance bounds against rounding in the haversine formula and the chords
 _KM_MARGIN = 1e-2
-#: relative band around a distance threshold's chord where the haversine itself decides
+#: band around a distance threshold's chord (relative, and absolute on the unit sphere: rounding
+#: in the unit vectors) where the haversine itself decides
 _CHORD_TOL = 1e-9
+_CHORD_ABS = 4e-15
 
 @dataclass
 class GpsPick:
@@ -248,7 +251,8 @@ def _spread(rows: np.ndarray, size: np.ndarray, points_rad, k: int, min_sep_km: 
     # haversine < min_sep_km is decided by the chord between the unit vectors (monotonic in the arc)
     # where it lies clearly on one side, and by the haversine itself within a hair of the edge
     edge = 2.0 * np.sin(min(min_sep_km / EARTH_RADIUS_KM, np.pi) / 2.0)
-    near2, far2 = (edge * (1.0 - _CHORD_TOL)) ** 2, (edge * (1.0 + _CHORD_TOL)) ** 2
+    near2 = max(edge * (1.0 - _CHORD_TOL) - _CHORD_ABS, 0.0) ** 2
+    far2 = (edge * (1.0 + _CHORD_TOL) + _CHORD_ABS) ** 2
     free = np.arange(m)[None, :] < np.minimum(size, 16 * k)[:, None]  # a query's best min(size, 16k)
     chosen = np.zeros((b, m), dtype=bool)
     # round by round, every query still short of k takes its densest point not within min_sep_km of
