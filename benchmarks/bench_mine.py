@@ -137,6 +137,7 @@ def main() -> None:
     from geobuild.stages.mine.gps_candidates import kde_candidates
     from geobuild.stages.mine.image_candidates import search_image_candidates
     from geobuild.core.runfolder import RunFolder
+    from geobuild.stages.mine import stage as this_stage
     from geobuild.stages.mine.stage import MineConfig, mining_context
 
     src = Path(args.run).resolve()
@@ -183,8 +184,6 @@ def main() -> None:
     }
     results["variants"] = {}
     base_qps = []
-    import geobuild.stages.mine.stage as this_stage
-
     for name, opts in variants.items():
         codes = {"this": (run, MineConfig(**opts), this_stage)}
         if ref is not None:

@@ -22,7 +22,7 @@ location features (``exp(logit_scale) * cos``). GeoCLIP's image backbone is neve
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -126,6 +126,7 @@ class _Locations:
 
     rad: tuple[np.ndarray, np.ndarray, np.ndarray]
     near: np.ndarray
+    xyz: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         la, lo, co = self.rad
