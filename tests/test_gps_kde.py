@@ -117,3 +117,92 @@ def test_batching_does_not_change_the_bytes(fixture):
     for p in picks[1:]:
         assert p.rows.tobytes() == picks[0].rows.tobytes()
         assert p.scores.tobytes() == picks[0].scores.tobytes()
+
+
+@pytest.fixture(scope="module")
+def banded(fixture):
+    """Neighbours around a real photo location at 0-400 km (the distances where one kernel term is
+    between e^-60 and e^-20 of another at h = 25 km, so sums absorb some terms and not others),
+    in shuffled order, plus some far away; 30 queries x 24 neighbours on GeoCLIP's GPS gallery."""
+    from geobuild.geo.spatial import destination
+
+    nb_lat, nb_lon, _, _, tree = fixture
+    rng = np.random.default_rng(11)
+    n, j = 30, 24
+    c_lat = np.repeat(nb_lat[:n, :1], j, axis=1)
+    c_lon = np.repeat(nb_lon[:n, :1], j, axis=1)
+    km = rng.uniform(0.0, 400.0, (n, j))
+    km[:, -4:] = rng.uniform(1000.0, 5000.0, (n, 4))
+    lat, lon = destination(c_lat, c_lon, km, rng.uniform(0, 2 * np.pi, (n, j)))
+    sim = np.sort(rng.uniform(0.6, 0.9, (n, j)), axis=1)[:, ::-1].astype(np.float32)
+    valid = np.ones((n, j), dtype=bool)
+    valid[4, ::3] = False
+    return lat, lon, sim, valid, tree
+
+
+@pytest.mark.parametrize("bandwidth_km", [25.0, 60.0])
+def test_densities_have_the_dense_sums_bits(banded, bandwidth_km):
+    """Every probed point's float64 log density (not only the float32 scores of the top K) equals
+    the log-sum-exp over all neighbours in order, bit for bit: the terms skipped as 0.0 or as
+    absorbed by the running sum change nothing."""
+    from geobuild.stages.mine import gps_candidates as gc
+
+    captured = []
+    real = gc._densities
+
+    def spy(*args):
+        out = real(*args)
+        captured.append(out)
+        return out
+
+    gc._densities = spy
+    try:
+        kde_candidates(*banded, k=K, bandwidth_km=bandwidth_km, temperature=T, probe=PROBE, batch=8)
+    finally:
+        gc._densities = real
+    global H
+    h, H = H, bandwidth_km
+    try:
+        i = 0
+        for cand, size, logd in captured:
+            for r in range(cand.shape[0]):
+                pts = cand[r, : size[r]]
+                if pts.size:
+                    full = dense_log_density(*banded, i, pts)
+                    assert full.tobytes() == logd[r, : size[r]].tobytes(), i
+                i += 1
+    finally:
+        H = h
+    assert i == banded[0].shape[0]
+
+
+def test_min_separation_is_decided_exactly_at_the_edge(fixture):
+    """GPS candidates closer than min_sep_km are skipped, ones at exactly min_sep_km are not: the
+    chord shortcut hands pairs at the edge to the haversine itself."""
+    pick = kde_candidates(*fixture, k=K, bandwidth_km=H, temperature=T, probe=PROBE)
+    tree = fixture[4]
+    for i in (0, 1, 2):
+        a, b = pick.rows[i, 0], pick.rows[i, 1]
+        edge = float(haversine_km(tree.lat[a], tree.lon[a], tree.lat[b], tree.lon[b]))
+        q = tuple(x[i : i + 1] for x in fixture[:4])
+        at = kde_candidates(*q, tree, k=2, bandwidth_km=H, temperature=T, probe=PROBE, min_sep_km=edge)
+        above = kde_candidates(*q, tree, k=2, bandwidth_km=H, temperature=T, probe=PROBE, min_sep_km=np.nextafter(edge, np.inf))
+        assert at.rows[0].tolist() == [a, b], i
+        assert above.rows[0, 0] == a and above.rows[0, 1] != b, i
+
+
+@pytest.mark.parametrize("km", [[0.0004, 0.0009, 0.0011], [3.0, 7.5, 9.0], [400.0, 900.0, 1500.0]])
+def test_min_separation_edge_at_metres_and_at_hundreds_of_km(km):
+    """The same exact edge for GPS points a metre apart (where the chord's rounding is relatively
+    large) and hundreds of km apart: one neighbour at a real place, points around it."""
+    from geobuild.geo.spatial import destination
+
+    lat, lon = destination(np.full(3, 48.8566), np.full(3, 2.3522), np.asarray(km), np.array([0.3, 2.5, 4.4]))
+    tree = PointTree(lat, lon)
+    a, b = 0, 1  # nearest to the neighbour: densest
+    edge = float(haversine_km(lat[a], lon[a], lat[b], lon[b]))
+    nb = (np.array([[48.8566]]), np.array([[2.3522]]), np.ones((1, 1), np.float32), np.ones((1, 1), bool))
+    at = kde_candidates(*nb, tree, k=2, bandwidth_km=1000.0, temperature=T, probe=3, min_sep_km=edge)
+    above = kde_candidates(*nb, tree, k=2, bandwidth_km=1000.0, temperature=T, probe=3, min_sep_km=np.nextafter(edge, np.inf))
+    assert at.rows[0].tolist() == [a, b]
+    assert above.rows[0].tolist() == [a, 2]  # the third point is farther from the first than the second is

@@ -75,3 +75,36 @@ def test_an_exhausted_ivf_list_ends_the_deeper_searches_with_the_same_picks():
     for i in np.flatnonzero(short):
         held = [r for r in deep[i] if r >= 0 and r != i]
         assert sorted(pick.rows[i][pick.rows[i] >= 0]) == sorted(held)
+def test_picks_and_exclusion_counts_match_a_per_query_reference():
+    """Each query's first k neighbours that are not itself, by its author or near-duplicates, in
+    search order, and the exclusions counted up to its k-th kept neighbour (all seen if fewer)."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    x[1::4] = x[::4] + 0.01 * rng.normal(size=(75, 8)).astype(np.float32)  # a near-duplicate of every 4th
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = faiss.IndexFlatIP(8)
+    index.add(x)
+    keys = np.array([f"k{i:04d}" for i in range(300)], dtype=object)
+    authors = np.array([f"a{i}" for i in rng.integers(0, 6, size=300)], dtype=object)
+    k, q = 7, 60
+    pick = search_image_candidates(index, x[:q], keys[:q], keys[:q], authors[:q], k=k, same_run=True,
+                                   g_key=keys, g_id=keys, g_author=authors, dedup_threshold=0.99, overfetch=2)
+    scores, rows = index.search(x[:q], index.ntotal)
+    excluded = {"self": 0, "same_author": 0, "near_duplicate": 0}
+    for i in range(q):
+        kept, seen = [], {"self": 0, "same_author": 0, "near_duplicate": 0}
+        for r, s in zip(rows[i], scores[i]):
+            reason = "self" if keys[r] == keys[i] else "same_author" if authors[r] == authors[i] else (
+                "near_duplicate" if s >= 0.99 else None)
+            if reason:
+                seen[reason] += 1
+            else:
+                kept.append((r, s))
+                if len(kept) == k:
+                    break
+        for reason, c in seen.items():
+            excluded[reason] += c
+        assert pick.rows[i, : len(kept)].tolist() == [r for r, _ in kept], i
+        assert (pick.rows[i, len(kept):] == -1).all(), i
+        assert pick.scores[i, : len(kept)].tolist() == [s for _, s in kept], i
+    assert pick.excluded == excluded

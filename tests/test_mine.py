@@ -372,3 +372,28 @@ def test_a_query_with_nothing_to_mine_is_a_no_candidates_row(tmp_path):
     assert ledger == [{"key": "solo", "id": "solo.jpg", "status": "no_candidates",
                        "error_message": "no image, GPS or negative candidate found"}]
     assert run.done_units("mine") == ["00000"]
+
+
+def test_units_mined_in_one_process_match_units_mined_each_in_a_fresh_one(run, tmp_path):
+    """The location text geocoded once per gallery row / GPS point and kept in the process's context
+    gives the bytes each unit gets from a context of its own (and in any unit order)."""
+    from geobuild.artifacts.candidates import candidates_path
+    from geobuild.stages.mine import stage
+    from geobuild.stages.mine.stage import MineConfig, mine_unit
+
+    cfg = MineConfig(k_image=3, k_gps=4, negatives="near=2,far=2")
+    units = ["00000", "00001"]
+    stage._CONTEXTS.clear()
+    for u in units:
+        mine_unit(run, u, cfg)
+    shared = {u: candidates_path(run, u).read_bytes() for u in units}
+    alone = {}
+    for u in reversed(units):
+        stage._CONTEXTS.clear()
+        mine_unit(run, u, cfg)
+        alone[u] = candidates_path(run, u).read_bytes()
+    stage._CONTEXTS.clear()
+    assert shared == alone
+    df = pd.concat([read_candidates(run, u).to_pandas() for u in units], ignore_index=True)
+    gps_countries = [c for s, cs in zip(df["cand_source"], df["cand_country"]) for src, c in zip(s, cs) if src == "gps"]
+    assert gps_countries and all(gps_countries)  # the GPS candidates' text is geocoded (the cities are on land)

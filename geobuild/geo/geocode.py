@@ -121,6 +121,16 @@ def reverse_geocode(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> pd.Dat
     unknown), ``country_code`` and ``place_km`` (distance to the nearest GeoNames place).
     Duplicate points are looked up once. Non-finite coordinates give empty text.
     """
+    out = geocode_arrays(lat, lon, config)
+    place_km = out.pop("place_km")
+    df = pd.DataFrame(out)
+    df["place_km"] = place_km
+    return df
+
+
+def geocode_arrays(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> dict[str, np.ndarray]:
+    """:func:`reverse_geocode`'s columns as numpy arrays (object arrays of str, ``place_km``
+    float64), without building a DataFrame."""
     lat = np.asarray(lat, dtype=np.float64).ravel()
     lon = np.asarray(lon, dtype=np.float64).ravel()
     n = lat.size
@@ -138,12 +148,13 @@ def reverse_geocode(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> pd.Dat
         cc = np.array([r["cc"] for r in res], dtype=object)
         near = dist <= config.place_max_km
         inland = dist <= config.country_max_km
+        # object arrays: the strings are the geocoder's own, shared, not a copy per point
         u = {
-            "city": np.where(near, [r["name"] for r in res], ""),
-            "county": np.where(near, [r["admin2"] for r in res], ""),
-            "state": np.where(near, [r["admin1"] for r in res], ""),
-            "country": np.where(inland, [country_name(c) for c in cc], ""),
-            "continent": np.where(inland, [continent_of(c) for c in cc], ""),
+            "city": np.where(near, np.array([r["name"] for r in res], dtype=object), ""),
+            "county": np.where(near, np.array([r["admin2"] for r in res], dtype=object), ""),
+            "state": np.where(near, np.array([r["admin1"] for r in res], dtype=object), ""),
+            "country": np.where(inland, np.array([country_name(c) for c in cc], dtype=object), ""),
+            "continent": np.where(inland, np.array([continent_of(c) for c in cc], dtype=object), ""),
             "country_code": np.where(inland, cc, ""),
         }
         antarctic = uniq[:, 0] <= ANTARCTIC_LAT
@@ -156,6 +167,5 @@ def reverse_geocode(lat, lon, config: GeocodeConfig = GeocodeConfig()) -> pd.Dat
         for f, vals in u.items():
             out[f][idx] = np.asarray(vals, dtype=object)[inverse]
         place_km[idx] = dist[inverse]
-    df = pd.DataFrame(out)
-    df["place_km"] = place_km
-    return df
+    out["place_km"] = place_km
+    return out

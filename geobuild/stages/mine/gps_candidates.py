@@ -8,9 +8,10 @@ neighbours' locations, evaluated at GPS-gallery points near those neighbours::
 with ``h`` the bandwidth in km and ``T`` the similarity temperature. Only the ``probe`` nearest
 gallery points of every neighbour are evaluated (the kernel is negligible elsewhere), so the cost
 does not grow with the GPS gallery. The score stored is the density (weights sum to 1). Queries
-are scored in batches with numpy; a (neighbour, point) term is computed only when a triangle-
-inequality bound says it can exceed exp(-745) (smaller ones are 0.0 in float64), and the kept
-terms are summed in neighbour order, so the densities are bitwise those of the full sum.
+are scored in batches with numpy; a (neighbour, point) term is left out only when triangle-
+inequality bounds show it cannot change the float64 sum (it is 0.0, or under half an ulp of the
+sum it is added to), and the kept terms are summed in neighbour order, so the densities are
+bitwise those of the full sum.
 
 ``geoclip`` (open_clip ViT-L-14 with OpenAI weights only): GeoCLIP's image head, an MLP read
 directly from the ``geoclip`` wheel (``weights/image_encoder_mlp_weights.pth``), maps the query's
@@ -21,7 +22,7 @@ location features (``exp(logit_scale) * cos``). GeoCLIP's image backbone is neve
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -41,8 +42,15 @@ GEOCLIP_INPUT_NORM = 20.0
 KDE_BATCH = 256
 #: kernel terms whose log lies this far below the largest are exp(< -745) = 0.0 in float64: skipped
 _NEGLIGIBLE_LOG = 760.0
-#: km added to distance bounds against rounding in the haversine formula
-_KM_MARGIN = 1e-3
+#: a term this far (in log) below one already summed at the same point is under half an ulp of the
+#: running sum (2^-54 = e^-37.4), so adding it leaves the sum's bits unchanged: skipped
+_ABSORBED_LOG = 40.0
+#: km added to distance bounds against rounding in the haversine formula and the chords
+_KM_MARGIN = 1e-2
+#: band around a distance threshold's chord (relative, and absolute on the unit sphere: rounding
+#: in the unit vectors) where the haversine itself decides
+_CHORD_TOL = 1e-9
+_CHORD_ABS = 4e-15
 
 @dataclass
 class GpsPick:
@@ -82,11 +90,12 @@ def kde_candidates(
     nb_lat = np.where(nb_valid, nb_lat, 0.0).astype(np.float64)
     nb_lon = np.where(nb_valid, nb_lon, 0.0).astype(np.float64)
     # probe each distinct neighbour location once (neighbours repeat across queries)
-    points, inverse = np.unique(np.stack([nb_lat.ravel(), nb_lon.ravel()], axis=1), axis=0, return_inverse=True)
-    km, near = tree.nearest(points[:, 0], points[:, 1], k=probe)  # [U, P]
-    inverse = inverse.ravel()
-    near = near[inverse].reshape(n, j, -1)
-    reach = km.max(axis=1)[inverse].reshape(n, j)  # km to a neighbour's farthest probed point
+    lat_lon = np.empty(n * j, dtype=np.complex128)  # one sortable value per (lat, lon)
+    lat_lon.real, lat_lon.imag = nb_lat.ravel(), nb_lon.ravel()
+    points, loc = np.unique(lat_lon, return_inverse=True)
+    km, near = tree.nearest(points.real, points.imag, k=probe)  # [U, P]
+    loc = loc.reshape(n, j)  # distinct location of each neighbour
+    reach = km.max(axis=1)[loc]  # km to a neighbour's farthest probed point
     sim = np.where(nb_valid, nb_sim, -np.inf).astype(np.float64)
     with np.errstate(invalid="ignore"):  # a query without neighbours: all -inf, never read
         logw = sim / float(temperature)
@@ -94,12 +103,12 @@ def kde_candidates(
         logw = logw - np.log(np.exp(logw).sum(axis=1, keepdims=True))
     inv2h2 = 0.5 / float(bandwidth_km) ** 2
     points_rad = _radians(tree.lat, tree.lon)
+    locs = _Locations(_radians(points.real, points.imag), near)
     step = max(int(batch), 1)
     for s in range(0, n, step):
         e = min(n, s + step)
-        nb_rad = _radians(nb_lat[s:e], nb_lon[s:e])
-        cand, size, logd = _densities(nb_rad, nb_valid[s:e], logw[s:e], near[s:e], reach[s:e], points_rad, inv2h2)
-        order = np.lexsort((cand, -logd), axis=1)  # density descending, ties by row; padding last
+        cand, size, logd = _densities(loc[s:e], locs, nb_valid[s:e], logw[s:e], reach[s:e], points_rad, inv2h2)
+        order = np.argsort(-logd, axis=1, kind="stable")  # density descending, ties by row (cand ascends); padding last
         if min_sep_km > 0:
             top = _spread(np.take_along_axis(cand, order, 1), size, points_rad, k, min_sep_km, order)
         else:
@@ -110,20 +119,31 @@ def kde_candidates(
     return GpsPick(rows, scores)
 
 
-def _densities(nb_rad, nb_valid, logw, near, reach, points_rad, inv2h2: float):
+@dataclass
+class _Locations:
+    """The distinct neighbour locations of a kde call: (lat, lon, cos lat) in radians [U] and
+    their probed GPS-gallery rows [U, P]."""
+
+    rad: tuple[np.ndarray, np.ndarray, np.ndarray]
+    near: np.ndarray
+    xyz: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        la, lo, co = self.rad
+        self.xyz = np.stack([co * np.cos(lo), co * np.sin(lo), np.sin(la)], axis=-1)  # unit vectors [U, 3]
+
+
+def _densities(loc, locs: _Locations, nb_valid, logw, reach, points_rad, inv2h2: float):
     """(cand int64 [b, C], size int64 [b], log density float64 [b, C]) at the distinct probed points.
 
     ``cand`` holds each query's ``size`` distinct probed rows ascending, padded with ``len(tree)``
     (log density -inf); C is the largest count in the batch.
 
-    Only the kernel terms that can be non-zero are computed. A point g probed by neighbour j' lies
-    within ``reach[j']`` of it, so by the triangle inequality neighbour j is at least
-    ``d(j, j') - reach[j']`` from g, while the term of j' at g is at least
-    ``logw[j'] - reach[j']^2 / 2h^2``. Where j's bound lies more than 760 below that, j's term at
-    every point probed by j' is below exp(-745), which is 0.0 in float64: it adds nothing to the
-    density, exactly, and cannot be its largest term. The terms kept are summed in neighbour order,
-    as a dense [J, C] sum over the neighbours would.
+    Only the kernel terms that can change the float64 sum are computed (see :func:`_live_terms`);
+    the terms kept are summed in neighbour order, as a dense [J, C] sum over the neighbours would,
+    so the densities have the dense sum's bits.
     """
+    near = locs.near[loc]
     b, j, p = near.shape
     pad = points_rad[0].size
     raw = np.where(nb_valid[:, :, None], near, pad).reshape(b, j * p)
@@ -141,30 +161,84 @@ def _densities(nb_rad, nb_valid, logw, near, reach, points_rad, inv2h2: float):
     col = np.empty_like(uid)
     np.put_along_axis(col, order, uid, axis=1)
     col = col.reshape(b, j, p)  # column in cand of each probed point (padding: unused)
-    # (query, j, j') with j's terms possibly non-zero at the points probed by j'
-    la, lo, co = nb_rad
-    dnn = _haversine_rad(la[:, :, None], lo[:, :, None], co[:, :, None], la[:, None, :], lo[:, None, :], co[:, None, :])
-    gap = np.maximum(dnn - reach[:, None, :] - _KM_MARGIN, 0.0)
-    floor = logw - inv2h2 * (reach + _KM_MARGIN) ** 2  # [b, J']: a lower bound of the largest term there
-    live = (logw[:, :, None] - inv2h2 * gap * gap >= floor[:, None, :] - _NEGLIGIBLE_LOG)
-    live &= nb_valid[:, :, None] & nb_valid[:, None, :]
+    # (query, j, j'): whether j's terms at the points probed by j' are computed
+    up, floor = _term_bounds(locs.xyz[loc], logw, reach, inv2h2)
+    live = _live_terms(up, floor) & nb_valid[:, :, None] & nb_valid[:, None, :]
     qi, ji, jp = np.nonzero(live)
-    # every (query, point, neighbour) pair they give, once, in (query, point, neighbour) order
+    # the distances they need, once per (neighbour location, probing location) block: queries
+    # share neighbours, and a distance depends only on the two locations (so it has the same bits)
+    n_loc = locs.near.shape[0]
+    blocks, block = np.unique(loc[qi, ji] * n_loc + loc[qi, jp], return_inverse=True)
+    u, o = blocks // n_loc, blocks % n_loc
+    la, lo, co = (a[u][:, None] for a in locs.rad)
+    pla, plo, pco = (a[locs.near[o]] for a in points_rad)
+    d = _haversine_rad(la, lo, co, pla, plo, pco).ravel()  # [blocks * P]
+    block_sq = inv2h2 * d * d
+    # every (query, point, neighbour) pair they give, once, in (query, point, neighbour) order,
+    # with the position of its distance in the blocks
+    key = (((qi * width)[:, None] + col[qi, jp]) * j + ji[:, None]).ravel()
+    src = np.empty(b * width * j, dtype=np.int32 if block_sq.size < 2**31 else np.int64)
+    src[key] = (block.ravel()[:, None] * p + np.arange(p)).ravel()
     pair = np.zeros(b * width * j, dtype=bool)
-    pair[(((qi * width)[:, None] + col[qi, jp]) * j + ji[:, None]).ravel()] = True
+    pair[key] = True
     pair = np.flatnonzero(pair)
-    jn, flat = pair % j, pair // j  # flat: query * width + column
-    q, g = flat // width, cand.ravel()[flat]
-    pla, plo, pco = points_rad
-    d = _haversine_rad(la[q, jn], lo[q, jn], co[q, jn], pla[g], plo[g], pco[g])
-    logk = logw[q, jn] - inv2h2 * d * d
+    flat = pair // j  # query * width + column
+    logk = logw.ravel()[flat // width * j + (pair - flat * j)] - block_sq[src[pair]]
+    # terms of one point are contiguous: its largest by segment, then the sum in neighbour order
     m = np.full(b * width, -np.inf)
-    np.maximum.at(m, flat, logk)
     total = np.zeros(b * width)
-    np.add.at(total, flat, np.exp(logk - m[flat]))  # in key order: neighbour order within a point
+    if flat.size:
+        start = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
+        peak = np.maximum.reduceat(logk, start)
+        m[flat[start]] = peak
+        np.add.at(total, flat, np.exp(logk - np.repeat(peak, np.diff(np.append(start, flat.size)))))
     with np.errstate(divide="ignore", invalid="ignore"):  # padding columns: -inf + log(0)
         logd = (m + np.log(total)).reshape(b, width)
     return cand, size, np.where(cand < pad, logd, -np.inf)
+
+
+def _term_bounds(xyz, logw, reach, inv2h2: float) -> tuple[np.ndarray, np.ndarray]:
+    """(up [b, J, J'], floor [b, J']): an upper bound of the log kernel term of neighbour j at any
+    point probed by neighbour j', and a lower bound of j''s own term there.
+
+    A point g probed by j' lies within ``reach[j']`` of it, so by the triangle inequality j is at
+    least ``d(j, j') - reach[j']`` from g; d(j, j') is bounded below by the chord between the two
+    (no longer than the arc) of their unit vectors ``xyz`` [b, J, 3], which needs no trigonometry
+    (2 - 2 x.y loses precision only below a few metres, well inside ``_KM_MARGIN``).
+    """
+    dot = np.matmul(xyz, xyz.transpose(0, 2, 1))  # |x - y|^2 = 2 - 2 x.y for unit vectors
+    chord = EARTH_RADIUS_KM * np.sqrt(np.maximum(2.0 - 2.0 * dot, 0.0))
+    gap = np.maximum(chord - reach[:, None, :] - _KM_MARGIN, 0.0)
+    up = logw[:, :, None] - inv2h2 * gap * gap
+    floor = logw - inv2h2 * (reach + _KM_MARGIN) ** 2
+    return up, floor
+
+
+def _live_terms(up: np.ndarray, floor: np.ndarray) -> np.ndarray:
+    """bool [b, J, J']: j's terms at the points probed by j' are to be computed.
+
+    The densities are sums, in neighbour order, of the terms t_j = exp(logk_j - max). A term is
+    left out only when that leaves the float64 sum unchanged, bit for bit:
+
+    - it is 0.0 (``up`` more than 760 below ``floor``: exp(< -745) underflows);
+    - j comes after j' and its term is below 2^-54 of j''s (``up`` 40 below ``floor``): the running
+      sum already holds t_j' and adding a value under half its ulp rounds back to it;
+    - j comes before j', and every term before j' is below 2^-54 / J of j''s: whatever subset of
+      them is summed, the sum rounds to exactly t_j' once t_j' is added.
+
+    j''s own term is always kept, so every point keeps its largest term (the ``max``) and the
+    term each skip relies on.
+    """
+    b, j, _ = up.shape
+    order = np.arange(j)
+    after = order[:, None] > order[None, :]  # [J, J']: j after j'
+    live = up >= floor[:, None, :] - _NEGLIGIBLE_LOG
+    live &= ~(after[None] & (up < floor[:, None, :] - _ABSORBED_LOG))
+    before = after.T
+    lead = np.where(before[None], up, -np.inf).max(axis=1)  # [b, J']: the largest bound of a term before j'
+    dominant = lead < floor - (_ABSORBED_LOG + np.log(max(j, 1)))
+    live &= ~(before[None] & dominant[:, None, :])
+    return live
 
 
 def _spread(rows: np.ndarray, size: np.ndarray, points_rad, k: int, min_sep_km: float, order: np.ndarray) -> np.ndarray:
@@ -174,18 +248,34 @@ def _spread(rows: np.ndarray, size: np.ndarray, points_rad, k: int, min_sep_km: 
     m = min(c, 16 * k)  # the best points only: enough to find k separated ones
     top = np.minimum(rows[:, :m], points_rad[0].size - 1)
     la, lo, co = (a[top] for a in points_rad)
-    blocked = np.arange(m)[None, :] >= np.minimum(size, 16 * k)[:, None]  # beyond a query's best min(size, 16k)
+    xyz = np.stack([co * np.cos(lo), co * np.sin(lo), np.sin(la)], axis=-1)  # unit vectors [b, m, 3]
+    # haversine < min_sep_km is decided by the chord between the unit vectors (monotonic in the arc)
+    # where it lies clearly on one side, and by the haversine itself within a hair of the edge
+    edge = 2.0 * np.sin(min(min_sep_km / EARTH_RADIUS_KM, np.pi) / 2.0)
+    near2 = max(edge * (1.0 - _CHORD_TOL) - _CHORD_ABS, 0.0) ** 2
+    far2 = (edge * (1.0 + _CHORD_TOL) + _CHORD_ABS) ** 2
+    free = np.arange(m)[None, :] < np.minimum(size, 16 * k)[:, None]  # a query's best min(size, 16k)
     chosen = np.zeros((b, m), dtype=bool)
-    count = np.zeros(b, dtype=np.int64)
-    for jj in range(m):
-        take = np.flatnonzero(~blocked[:, jj] & (count < k))
-        if take.size == 0:
-            continue
-        chosen[take, jj] = True
-        count[take] += 1
-        # only a taken point's distances to the points after it are ever read: [taken, m - jj - 1]
-        d = _haversine_rad(la[take, jj, None], lo[take, jj, None], co[take, jj, None], la[take, jj + 1 :], lo[take, jj + 1 :], co[take, jj + 1 :])
-        blocked[take, jj + 1 :] |= d < min_sep_km
+    # round by round, every query still short of k takes its densest point not within min_sep_km of
+    # one it took (the greedy pass in density order, one taken point per query and round)
+    active = np.arange(b)
+    for _ in range(k):
+        active = active[free[active].any(axis=1)]
+        if active.size == 0:
+            break
+        jj = free[active].argmax(axis=1)
+        chosen[active, jj] = True
+        diff = xyz[active] - xyz[active, jj][:, None]
+        chord2 = np.einsum("tik,tik->ti", diff, diff)  # [active, m]
+        close = chord2 < near2
+        ti, ci = np.nonzero((chord2 >= near2) & (chord2 <= far2))
+        if ti.size:
+            tk, tj = active[ti], jj[ti]
+            d = _haversine_rad(la[tk, tj], lo[tk, tj], co[tk, tj], la[tk, ci], lo[tk, ci], co[tk, ci])
+            close[ti, ci] = d < min_sep_km
+        close[np.arange(active.size), jj] = True  # taken
+        free[active] &= ~close
+    count = chosen.sum(axis=1)
     # too few far-apart points among those probed: fill up with the next best, in density order
     rest = np.ones((b, c), dtype=bool)
     rest[:, :m] = ~chosen

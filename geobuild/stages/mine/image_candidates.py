@@ -107,18 +107,19 @@ def search_image_candidates(
             drop = np.zeros(rows.shape, dtype=bool)
             for m in masks.values():
                 drop |= m
-            keep_n = (~drop).sum(axis=1)
+            rank = np.cumsum(~drop, axis=1)  # kept neighbours up to and including each column
             exhausted = (rows < 0).any(axis=1)  # the index has nothing more for this query
-            done = (keep_n >= k) | (depth >= ntotal) | exhausted
-            for local in np.flatnonzero(done):
-                sel = np.flatnonzero(~drop[local])[:k]
-                i = part[local]
-                upto = int(sel[-1]) + 1 if sel.size == k else rows.shape[1]
-                for reason, m in masks.items():
-                    if reason != "invalid":
-                        excluded[reason] = excluded.get(reason, 0) + int(m[local, :upto].sum())
-                out_r[i, : sel.size] = rows[local, sel]
-                out_s[i, : sel.size] = scores[local, sel]
+            done = (rank[:, -1] >= k) | (depth >= ntotal) | exhausted
+            d = np.flatnonzero(done)
+            # a query's exclusions are counted up to its k-th kept neighbour (all it saw if fewer)
+            upto = np.where(rank[d, -1] >= k, np.argmax(rank[d] >= k, axis=1) + 1, rows.shape[1])
+            seen = np.arange(rows.shape[1])[None, :] < upto[:, None]
+            for reason, m in masks.items():
+                if reason != "invalid":
+                    excluded[reason] = excluded.get(reason, 0) + int((m[d] & seen).sum())
+            a, c = np.nonzero(~drop[d] & (rank[d] <= k))  # the first k kept, in rank order
+            out_r[part[d[a]], rank[d[a], c] - 1] = rows[d[a], c]
+            out_s[part[d[a]], rank[d[a], c] - 1] = scores[d[a], c]
             undone.append(part[~done])
         todo = np.concatenate(undone)
         depth = min(ntotal, depth * 2)

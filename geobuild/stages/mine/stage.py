@@ -29,7 +29,7 @@ import pandas as pd
 
 from ...core.errors import GeobuildError
 from ...geo.sphere import THRESHOLDS_KM, haversine_km, valid_latlon
-from ...geo.geocode import GEOCODED_FIELDS, GeocodeConfig, reverse_geocode
+from ...geo.geocode import GEOCODED_FIELDS, GeocodeConfig, geocode_arrays
 from ...core.ledger import reject
 from ...core.log import get_logger
 from ...core.runfolder import RunFolder, atomic_path, remove_leftovers
@@ -104,12 +104,15 @@ class MiningContext:
     g_author: np.ndarray | None
     g_lat: np.ndarray
     g_lon: np.ndarray
-    g_text: dict[str, np.ndarray]  # GEOCODED_FIELDS -> object arrays ('' where unknown)
-    g_has_text: np.ndarray
+    g_text: dict[str, np.ndarray]  # GEOCODED_FIELDS -> object arrays: own text, or geocoded once g_geocoded
+    g_has_text: np.ndarray  # the gallery row has its own location text
+    g_geocoded: np.ndarray  # a row without own text whose geocoded text is in g_text
     gps_lat: np.ndarray
     gps_lon: np.ndarray
     gps_features: np.ndarray | None
     gps_tree: Any
+    gps_text: dict[str, np.ndarray]  # GEOCODED_FIELDS -> geocoded text of GPS points where gps_geocoded
+    gps_geocoded: np.ndarray
     pool_rows: np.ndarray  # gallery rows in the negative pool (sorted)
     pool_n_gallery: int
     sampler: Any
@@ -211,10 +214,13 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
         g_lon=g_lon,
         g_text=g_text,
         g_has_text=g_has_text,
+        g_geocoded=np.zeros(len(meta), dtype=bool),
         gps_lat=np.asarray(gps_lat, dtype=np.float64),
         gps_lon=np.asarray(gps_lon, dtype=np.float64),
         gps_features=gps_feat,
         gps_tree=gps_tree,
+        gps_text={f: np.full(gps_lat.size, "", dtype=object) for f in GEOCODED_FIELDS},
+        gps_geocoded=np.zeros(gps_lat.size, dtype=bool),
         pool_rows=pool_rows,
         pool_n_gallery=int(pool_rows.size),
         sampler=BandSampler(p_lat, p_lon, keys=p_ids),
@@ -384,27 +390,38 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     c_id = np.where(is_g, ctx.g_id[gr] if ctx.g_id.size else None, None)
     c_id[~is_g] = [f"gps:{r}" for r in pr[~is_g].tolist()]
 
-    # location text: the gallery's own columns where it has them, else one reverse-geocoding batch
-    geo_cfg = GeocodeConfig(cfg.place_max_km, cfg.country_max_km)
-    own = is_g & (ctx.g_has_text[gr] if ctx.g_has_text.size else False)
-    need = ~own
+    # location text: the gallery's own columns where it has them, else reverse geocoding (each
+    # gallery row and GPS point once per process, kept in the context for the next units)
     ql, qo = q_lat[m], q_lon[m]
     q_text_src = {f: _text_column(qmeta.iloc[keep[m]].reset_index(drop=True), f) for f in GEOCODED_FIELDS}
     q_has = np.zeros(m.size, dtype=bool)
     for f in GEOCODED_FIELDS:
         q_has |= q_text_src[f] != ""
-    geo = reverse_geocode(np.concatenate([c_lat[need], ql[~q_has]]), np.concatenate([c_lon[need], qo[~q_has]]), geo_cfg)
-    n_need = int(need.sum())
+    new_g = np.unique(gr[is_g & ~ctx.g_has_text[gr]]) if ctx.g_has_text.size else np.zeros(0, np.int64)
+    new_g = new_g[~ctx.g_geocoded[new_g]]
+    new_p = np.unique(pr[~is_g]) if ctx.gps_lat.size else np.zeros(0, np.int64)
+    new_p = new_p[~ctx.gps_geocoded[new_p]]
+    geo = geocode_arrays(
+        np.concatenate([ctx.g_lat[new_g], ctx.gps_lat[new_p], ql[~q_has]]),
+        np.concatenate([ctx.g_lon[new_g], ctx.gps_lon[new_p], qo[~q_has]]),
+        GeocodeConfig(cfg.place_max_km, cfg.country_max_km),
+    )
+    ends = np.cumsum([new_g.size, new_p.size])
     c_text = {}
     for f in GEOCODED_FIELDS:
-        found = geo[f].to_numpy(dtype=object)
-        col = np.where(own, ctx.g_text[f][gr] if ctx.g_text[f].size else "", "").astype(object)
-        col[need] = found[:n_need]
+        found = geo[f]
+        ctx.g_text[f][new_g] = found[: ends[0]]
+        ctx.gps_text[f][new_p] = found[ends[0] : ends[1]]
+        col = np.empty(is_g.size, dtype=object)
+        col[is_g] = ctx.g_text[f][gr[is_g]]
+        col[~is_g] = ctx.gps_text[f][pr[~is_g]]
         c_text[f] = col
         qcol = q_text_src[f].copy()
-        qcol[~q_has] = found[n_need:]
+        qcol[~q_has] = found[ends[1] :]
         q_text_src[f] = qcol
-    stats["geocoded_points"] = int(len(geo))
+    ctx.g_geocoded[new_g] = True
+    ctx.gps_geocoded[new_p] = True
+    stats["geocoded_points"] = int(geo["place_km"].size)
     dist = haversine_km(ql[qidx], qo[qidx], c_lat, c_lon).astype(np.float32)
     stats["seconds_text"] = round(time.time() - t, 3)
 
