@@ -24,6 +24,7 @@ from ..core.log import get_logger
 from ..core.runfolder import atomic_path
 from .data import GroupSpec, Groups, groups_from_dataset, groups_from_run
 from .images import ImageSource, folder_images, published_images
+from .fallback import Fallback
 from .metrics import apply_gate, gap_closed, oracle_errors, ranker_errors, retrieval_errors, summary, top1_hit_rate
 from .protocol import PROTOCOLS, Protocol, get_protocol
 
@@ -131,6 +132,9 @@ def evaluate(
     gate = ckpt.get("gate")
     if gate is not None:  # fitted on the validation split: retrieval's first photo stays unless clearly beaten
         scores = apply_gate(scores, groups, float(gate))
+    fallback = Fallback.from_dict(ckpt.get("fallback"))
+    if fallback is not None:  # fitted on the validation split too (keep retrieval / snap-back)
+        scores = fallback.apply(scores, groups)
     return report(groups, scores, strict=proto.strict, protocol=proto, evaluated=seen, missing=missing, info={
         "checkpoint": str(checkpoint),
         "epoch": int(ckpt["epoch"]),
@@ -140,6 +144,7 @@ def evaluate(
         "source": str(run if run is not None else f"{data}:{split}"),
         "gallery": str(gallery) if gallery else None,
         "gate": gate,
+        "fallback": {"keep_score": fallback.keep_score, "snap_km": fallback.snap_km} if fallback else None,
     })
 
 
