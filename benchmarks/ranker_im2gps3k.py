@@ -158,9 +158,10 @@ def validation_record(result: dict) -> dict:
     epoch = int(result["info"]["epoch"])
     used = out / "checkpoints" / "best.pt"
     ckpt = torch.load(used if used.exists() else out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    if ckpt.get("gate_record"):  # the gated ranking, as eval applies it
-        rec = {f"val_{k}": v for k, v in ckpt["gate_record"].items()}
-        rec["val_acc_mean"] = statistics.mean(v for k, v in ckpt["gate_record"].items() if k.startswith("acc@"))
+    fitted = (ckpt.get("fallback") or {}).get("record") or ckpt.get("gate_record")
+    if fitted:  # the ranking after the gate and the retrieval fallback, as eval applies them
+        rec = {f"val_{k}": v for k, v in fitted.items()}
+        rec["val_acc_mean"] = statistics.mean(v for k, v in fitted.items() if k.startswith("acc@"))
         return rec
     if epoch == 0:
         return ckpt["best_record"]
@@ -169,6 +170,14 @@ def validation_record(result: dict) -> dict:
         if record["epoch"] == epoch:
             return record
     return {}
+
+
+def fallback_note(info: dict) -> str:
+    """The fitted retrieval fallback of an evaluated checkpoint, for the per-seed lines."""
+    fb = info.get("fallback") or {}
+    parts = ([f"retrieval kept at score >= {fb['keep_score']:.3f}"] if fb.get("keep_score") is not None else []) \
+        + ([f"snap-back {fb['snap_km']:g} km"] if fb.get("snap_km") is not None else [])
+    return ", " + ", ".join(parts) if parts else ""
 
 
 def fmt(values: list[float]) -> str:
@@ -261,7 +270,7 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float, l
         for r in runs:
             lines.append(f"- {loss}, seed {r['info']['seed']}: " + " / ".join(f"{r['rows']['ranker'][c]:.2f}" for c in cols)
                          + f", median {r['rows']['ranker']['median_km']:.1f} km, top-1 hit {100 * r['info']['top1_hit']:.1f}%"
-                         + f", checkpoint epoch {r['info']['epoch']}")
+                         + f", checkpoint epoch {r['info']['epoch']}" + fallback_note(r["info"]))
     lines += ["", "## Commands", "", "```"] + COMMANDS + ["```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))

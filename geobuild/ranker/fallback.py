@@ -14,8 +14,8 @@ of :func:`geobuild.ranker.metrics.apply_gate`, when the checkpoint has one):
   choice; inf always gives retrieval's first photo.
 
 Both use candidate scores and coordinates only, never the query's location. :func:`choose_fallback`
-fits them on validation groups, conservatively by default (``no-loss``: never below top-1 retrieval
-at any threshold on validation).
+fits them on validation groups, conservatively by default (``no-loss``: never below retrieval's
+first photo, top-1 retrieval, at any threshold on validation).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from ..geo.sphere import haversine_km
 from .data import Groups
-from .metrics import mean_accuracy, pick, ranker_errors, retrieval_errors, retrieval_position, summary
+from .metrics import mean_accuracy, pick, ranker_errors, retrieval_position, summary
 
 #: snap-back radii (km) tried by :func:`choose_fallback`, besides inf (always retrieval's first photo)
 SNAP_RADII_KM = (0.0, 25.0, 200.0, 750.0, 2500.0)
@@ -46,6 +46,7 @@ class Fallback:
     record: dict[str, float] = field(default_factory=dict)  # its ranking's summary on the validation groups
 
     def apply(self, scores: np.ndarray, groups: Groups) -> np.ndarray:
+        """A copy of ``scores`` [N, G] with the rules applied: keep retrieval, then snap-back."""
         out = scores
         if self.keep_score is not None:
             out = apply_keep(out, groups, self.keep_score)
@@ -132,18 +133,21 @@ def choose_fallback(
     :data:`SNAP_RADII_KM` and inf; None = no snap-back). Pass one value to fix a rule, ``[inf]`` /
     ``[None]`` to leave it out.
 
-    ``no-loss`` (the default; conservative by construction): among the settings no worse than
-    top-1 retrieval at any threshold on ``groups``, the highest mean accuracy over the thresholds;
-    keeping retrieval's first photo everywhere (floor -inf, or radius inf) is one, and the last
-    resort; ``mean``: the highest mean accuracy. Ties keep the setting closer to retrieval (the
-    lower floor, then the larger radius)."""
+    ``no-loss`` (the default; conservative by construction): among the settings no worse at any
+    threshold on ``groups`` than retrieval's first photo (the grid's most conservative setting,
+    floor -inf or radius inf, which is top-1 retrieval wherever the group holds that photo, as
+    GeoRanker's evaluation groups do), the highest mean accuracy over the thresholds; that setting
+    is the last resort. ``mean``: the highest mean accuracy. Ties keep the setting closer to
+    retrieval (the lower floor, then the larger radius)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown fallback objective '{objective}' (choose {', '.join(OBJECTIVES)})")
     floors = keep_floors(groups) if floors is None else sorted(floors, reverse=True)
     radii = sorted({*SNAP_RADII_KM, np.inf}) if radii is None else radii
     if objective == "no-loss" and -np.inf not in floors and np.inf not in radii:
         floors = [*floors, -np.inf]  # the no-loss setting of last resort: retrieval's first photo
-    top1 = summary(retrieval_errors(groups), strict=strict)
+    sized = [r for r in radii if r is not None]
+    anchor = Fallback(None if min(floors) == np.inf else float(min(floors)), float(max(sized)) if sized else None)
+    top1 = summary(ranker_errors(anchor.apply(scores, groups), groups), strict=strict)
     best, best_key = None, -np.inf
     for floor in floors:
         for radius in radii:
