@@ -627,7 +627,7 @@ def fit_fallback(model, val_groups: Groups | None, out: Path, cfg: TrainConfig, 
     that ``geobuild eval OUT`` uses, on the validation groups (after its gate, if any), and store it
     there; None when both rules are off (or ``auto`` without a validation split)."""
     from .fallback import Fallback, choose_fallback
-    from .metrics import apply_gate
+    from .metrics import apply_gate, ranker_errors, summary
 
     keep, snap = fallback_setting("keep_retrieval", cfg.keep_retrieval), fallback_setting("snap_km", cfg.snap_km)
     if val_groups is None and "auto" in (keep, snap):
@@ -649,8 +649,6 @@ def fit_fallback(model, val_groups: Groups | None, out: Path, cfg: TrainConfig, 
                 floors=None if keep == "auto" else [np.inf if keep is None else keep],
                 radii=None if snap == "auto" else [snap])
         else:
-            from .metrics import ranker_errors, summary
-
             fallback.record = summary(ranker_errors(fallback.apply(scores, val_groups), val_groups))
     ckpt["fallback"] = fallback.to_dict()
     _save(ckpt, target)
