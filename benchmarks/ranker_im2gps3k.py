@@ -207,7 +207,7 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float, l
     lines = [
         f"# Compact ranker on IM2GPS3K (split by author{' with salt ' + repr(args.split_salt) if args.split_salt else ''}, {args.epochs} epochs{', ' + args.label if args.label else ''})",
         "",
-        f"Command: `python -m benchmarks.ranker_im2gps3k {' '.join(sys.argv[1:])}`".rstrip() + " (from the repository root)",
+        f"Command: `python -m benchmarks.ranker_im2gps3k {shlex.join(sys.argv[1:])}`".rstrip() + " (from the repository root)",
         "",
         f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores (shared with other jobs), "
         f"Python {platform.python_version()}; CPU only (no GPU in this environment, so no GPU figures). "
