@@ -1,7 +1,9 @@
 """Compact ranker on the IM2GPS3K sample, split by author, through the whole geobuild pipeline.
 
 Authors with ``int(sha1(AUTHOR), 16) % 10 < 7`` form the gallery and the training queries; the
-other authors' photos are test queries mined against that gallery. Steps (each resumable: a rerun
+other authors' photos are test queries mined against that gallery (``--split-salt S`` draws another
+author split, ``int(sha1(S + AUTHOR), 16) % 10 < 7``, e.g. to confirm a result on test authors that
+played no part in choosing a setting). Steps (each resumable: a rerun
 skips what is finished):
 
 1. split the metadata CSV by author (``WORK/split/{gallery,test}.csv``);
@@ -62,15 +64,26 @@ def gb(*args: str, log: Path | None = None, stage: bool = False, done: bool = Fa
         raise SystemExit(f"command failed ({proc.returncode}): {shown}" + (f"; see {log}" if log else ""))
 
 
-def split_by_author(work: Path) -> tuple[Path, Path, int, int]:
+def in_gallery(author: str, salt: str = "") -> bool:
+    """Whether an author's photos go to the gallery (and training), not to the test queries."""
+    return int(hashlib.sha1((salt + author).encode()).hexdigest(), 16) % 10 < 7
+
+
+def split_by_author(work: Path, salt: str = "") -> tuple[Path, Path, int, int]:
     out = work / "split"
     out.mkdir(parents=True, exist_ok=True)
+    marker = out / "salt.txt"  # absent: the unsalted split (folders made before --split-salt)
+    made = marker.read_text() if marker.exists() else ("" if (out / "gallery.csv").exists() else None)
+    if made is not None and made != salt:
+        raise SystemExit(f"{work} holds the author split of --split-salt {made!r}, not {salt!r}; use another --work")
+    if salt and made is None:
+        marker.write_text(salt)
     with open(CSV, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames
         rows = list(reader)
-    gallery = [r for r in rows if int(hashlib.sha1(r["AUTHOR"].encode()).hexdigest(), 16) % 10 < 7]
-    test = [r for r in rows if int(hashlib.sha1(r["AUTHOR"].encode()).hexdigest(), 16) % 10 >= 7]
+    gallery = [r for r in rows if in_gallery(r["AUTHOR"], salt)]
+    test = [r for r in rows if not in_gallery(r["AUTHOR"], salt)]
     paths = []
     for name, part in (("gallery", gallery), ("test", test)):
         p = out / f"{name}.csv"
@@ -85,8 +98,8 @@ def split_by_author(work: Path) -> tuple[Path, Path, int, int]:
     return paths[0], paths[1], len(gallery), len(test)
 
 
-def pipeline(work: Path, log: Path, k_image: int, k_gps: int) -> dict:
-    g_csv, t_csv, n_gallery, n_test = split_by_author(work)
+def pipeline(work: Path, log: Path, k_image: int, k_gps: int, salt: str = "") -> dict:
+    g_csv, t_csv, n_gallery, n_test = split_by_author(work, salt)
     gal, test, pub = work / "gallery", work / "test", work / "published"
     info = {"gallery_photos": n_gallery, "test_photos": n_test}
     global SKIP
@@ -158,9 +171,10 @@ def validation_record(result: dict) -> dict:
     epoch = int(result["info"]["epoch"])
     used = out / "checkpoints" / "best.pt"
     ckpt = torch.load(used if used.exists() else out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    if ckpt.get("gate_record"):  # the gated ranking, as eval applies it
-        rec = {f"val_{k}": v for k, v in ckpt["gate_record"].items()}
-        rec["val_acc_mean"] = statistics.mean(v for k, v in ckpt["gate_record"].items() if k.startswith("acc@"))
+    fitted = (ckpt.get("fallback") or {}).get("record") or ckpt.get("gate_record")
+    if fitted:  # the ranking after the gate and the retrieval fallback, as eval applies them
+        rec = {f"val_{k}": v for k, v in fitted.items()}
+        rec["val_acc_mean"] = statistics.mean(v for k, v in fitted.items() if k.startswith("acc@"))
         return rec
     if epoch == 0:
         return ckpt["best_record"]
@@ -169,6 +183,14 @@ def validation_record(result: dict) -> dict:
         if record["epoch"] == epoch:
             return record
     return {}
+
+
+def fallback_note(info: dict) -> str:
+    """The fitted retrieval fallback of an evaluated checkpoint, for the per-seed lines."""
+    fb = info.get("fallback") or {}
+    parts = ([f"retrieval kept at score >= {fb['keep_score']:.3f}"] if fb.get("keep_score") is not None else []) \
+        + ([f"snap-back {fb['snap_km']:g} km"] if fb.get("snap_km") is not None else [])
+    return ", " + ", ".join(parts) if parts else ""
 
 
 def fmt(values: list[float]) -> str:
@@ -183,9 +205,9 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float, l
     base = first["info"]
     proto = first.get("protocol", {}).get("description", "groups of the checkpoint")
     lines = [
-        f"# Compact ranker on IM2GPS3K (split by author, {args.epochs} epochs{', ' + args.label if args.label else ''})",
+        f"# Compact ranker on IM2GPS3K (split by author{' with salt ' + repr(args.split_salt) if args.split_salt else ''}, {args.epochs} epochs{', ' + args.label if args.label else ''})",
         "",
-        f"Command: `python -m benchmarks.ranker_im2gps3k {' '.join(sys.argv[1:])}`".rstrip() + " (from the repository root)",
+        f"Command: `python -m benchmarks.ranker_im2gps3k {shlex.join(sys.argv[1:])}`".rstrip() + " (from the repository root)",
         "",
         f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores (shared with other jobs), "
         f"Python {platform.python_version()}; CPU only (no GPU in this environment, so no GPU figures). "
@@ -196,7 +218,9 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float, l
         "",
         "## Setup",
         "",
-        f"- Gallery and training queries: authors with `int(sha1(AUTHOR), 16) % 10 < 7` ({info['gallery_photos']} photos); "
+        f"- Gallery and training queries: authors with "
+        + (f"`int(sha1({args.split_salt!r} + AUTHOR), 16) % 10 < 7`" if args.split_salt else "`int(sha1(AUTHOR), 16) % 10 < 7`")
+        + f" ({info['gallery_photos']} photos); "
         f"test queries: the other {info['test_photos']} photos, mined against the gallery only (`mine --gallery`).",
         f"- Features: EfficientNet-Lite0 (frozen), flat faiss index, GeoCLIP GPS gallery; candidates per query: "
         f"{args.k_image} image + {args.k_gps} GPS (same-author gallery photos excluded).",
@@ -261,7 +285,7 @@ def write_results(path: Path, results: dict, info: dict, args, seconds: float, l
         for r in runs:
             lines.append(f"- {loss}, seed {r['info']['seed']}: " + " / ".join(f"{r['rows']['ranker'][c]:.2f}" for c in cols)
                          + f", median {r['rows']['ranker']['median_km']:.1f} km, top-1 hit {100 * r['info']['top1_hit']:.1f}%"
-                         + f", checkpoint epoch {r['info']['epoch']}")
+                         + f", checkpoint epoch {r['info']['epoch']}" + fallback_note(r["info"]))
     lines += ["", "## Commands", "", "```"] + COMMANDS + ["```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -286,6 +310,9 @@ def main() -> None:
                     help="The variant that also runs --more-losses (the others run --losses only).")
     ap.add_argument("--more-losses", default="first-order,pointwise,pairwise", help="Losses of the --all-losses variant.")
     ap.add_argument("--label", default="", help="Label for the results heading.")
+    ap.add_argument("--split-salt", default="", metavar="TEXT",
+                    help="Draw another author split: gallery authors are int(sha1(TEXT + AUTHOR), 16) %% 10 < 7 "
+                         "(default empty: the usual split; a work folder keeps the split it was made with).")
     ap.add_argument("--until", choices=("pipeline", "all"), default="all", help="Stop after the data pipeline.")
     args = ap.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
@@ -297,7 +324,7 @@ def main() -> None:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     log = work / "commands.log"
-    info = pipeline(work, log, args.k_image, args.k_gps)
+    info = pipeline(work, log, args.k_image, args.k_gps, args.split_salt)
     if args.until == "pipeline":
         return
     extra = (["--group-size", str(args.group_size)] if args.group_size else []) + shlex.split(args.train_args)

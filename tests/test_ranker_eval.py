@@ -58,6 +58,13 @@ def test_accuracy_table_by_hand():
     # '<=' counts the retrieval error of exactly 1 km at the 1 km threshold, and the oracle's two
     le = report(groups, scores, strict=False)["rows"]
     assert le["top-1 retrieval"]["acc@1km"] == 25.0 and le["oracle"]["acc@1km"] == 50.0
+    # each group's errors, on request; q2 not scored by the ranker counts as wrong (inf) for it only
+    assert "per_query" not in res
+    each = report(groups, scores, evaluated=np.array([True, False, True, True]), per_query=True)["per_query"]
+    assert each["query_id"] == ["q1", "q2", "q3", "q4"]
+    assert each["top-1 retrieval"].tolist() == [30.0, 2600.0, 1.0, 700.0]
+    assert each["oracle"].tolist() == pytest.approx([0.5, 20.0, 1.0, 10.0])
+    assert each["ranker"].tolist() == pytest.approx([0.5, np.inf, 24.9, 700.0])
 
 
 def test_eval_cli_on_run_folders_and_published_split(tmp_path):

@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
         residual: Optional[bool] = typer.Option(None, "--residual/--no-residual", help="Compact model: score = learned (source, rank) prior + correction, starting exactly at retrieval's order (default off)."),
         retrieval_features: Optional[bool] = typer.Option(None, "--retrieval-features/--no-retrieval-features", help="Compact model: each candidate's retrieval score, margin and ratio to the best of its source (default off)."),
         gate: Optional[bool] = typer.Option(None, "--gate/--no-gate", help="After training, fit on the validation split by how much the ranker must beat retrieval's first photo to replace it; eval applies it."),
+        keep_retrieval: Optional[str] = typer.Option(None, "--keep-retrieval", help="Keep retrieval's first photo when its retrieval score is at least this: auto (default: fitted after training on the validation split, never below top-1 retrieval at any threshold there), a score, or off; eval applies it."),
+        snap_km: Optional[str] = typer.Option(None, "--snap-km", help="Snap-back: predict the earliest retrieval-order candidate within this many km of the ranker's choice: auto (fitted on the validation split), a radius, or 0 (default: off); eval applies it."),
         best_by: Optional[str] = typer.Option(None, "--best-by", help="Keep checkpoints/best.pt, the epoch (0: untrained) with the best validation figure (val_acc_mean, val_loss, ...); eval of OUT uses it. Default auto: val_acc_mean for the compact model, none for the VLM; 'none': the last epoch."),
         location: Optional[str] = typer.Option(None, "--location", help="Coordinate features: rff (default) or geoclip (pretrained location encoder)."),
         device: Optional[str] = typer.Option(None, "--device", help="cpu (default), cuda or auto."),
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
             loss=loss, lam=lam, k=k, margin=margin, epochs=epochs, batch_size=batch_size, micro_batch=micro_batch, lr=lr,
             schedule=schedule, distance=distance, seed=seed,
             d_model=d_model, layers=layers, location=location, device=device, threads=threads, stop_after=stop_after,
-            embed_cache=str(embed_cache) if embed_cache else None, best_by=best_by, gate=gate, residual=residual,
+            embed_cache=str(embed_cache) if embed_cache else None, best_by=best_by, gate=gate, keep_retrieval=keep_retrieval, snap_km=snap_km, residual=residual,
             retrieval_features=retrieval_features,
         )
         if vlm_path is not None:
@@ -77,6 +79,8 @@ def register(app: typer.Typer) -> None:
         if val_split is not None:
             given["val_split"] = None if val_split.lower() == "none" else val_split
         cfg = cfg.merged(given)
+        if val_split is not None and given["val_split"] is None:  # merged() reads None as "not given"
+            cfg = cfg.merged({"val_split": None}, keep_none=True)
         try:
             final = train(cfg, resume=resume)
         except ValueError as exc:  # bad loss arguments and the like

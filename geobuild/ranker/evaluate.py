@@ -24,6 +24,7 @@ from ..core.log import get_logger
 from ..core.runfolder import atomic_path
 from .data import GroupSpec, Groups, groups_from_dataset, groups_from_run
 from .images import ImageSource, folder_images, published_images
+from .fallback import Fallback
 from .metrics import apply_gate, gap_closed, oracle_errors, ranker_errors, retrieval_errors, summary, top1_hit_rate
 from .protocol import PROTOCOLS, Protocol, get_protocol
 
@@ -89,9 +90,11 @@ def evaluate(
     batch_size: int = 64,
     device: str = "cpu",
     cache_dir: str | Path | None = None,
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint under ``protocol`` (``strict=False`` counts errors <= threshold, ``groups``
-    only); returns ``{"rows": {name: metrics}, "gap_closed": ..., "protocol": ..., "info": ...}``."""
+    only); returns ``{"rows": {name: metrics}, "gap_closed": ..., "protocol": ..., "info": ...}``
+    (and each group's errors with ``per_query``, see :func:`report`)."""
     from .models import ModelContext, build_model
     from .train import load_checkpoint, resolve_device, score_groups, usable_mask
 
@@ -131,7 +134,10 @@ def evaluate(
     gate = ckpt.get("gate")
     if gate is not None:  # fitted on the validation split: retrieval's first photo stays unless clearly beaten
         scores = apply_gate(scores, groups, float(gate))
-    return report(groups, scores, strict=proto.strict, protocol=proto, evaluated=seen, missing=missing, info={
+    fallback = Fallback.from_dict(ckpt.get("fallback"))
+    if fallback is not None:  # fitted on the validation split too (keep retrieval / snap-back)
+        scores = fallback.apply(scores, groups)
+    return report(groups, scores, strict=proto.strict, protocol=proto, evaluated=seen, missing=missing, per_query=per_query, info={
         "checkpoint": str(checkpoint),
         "epoch": int(ckpt["epoch"]),
         "model": cfg.model,
@@ -140,6 +146,7 @@ def evaluate(
         "source": str(run if run is not None else f"{data}:{split}"),
         "gallery": str(gallery) if gallery else None,
         "gate": gate,
+        "fallback": {"keep_score": fallback.keep_score, "snap_km": fallback.snap_km} if fallback else None,
     })
 
 
@@ -152,11 +159,15 @@ def report(
     protocol: Protocol | None = None,
     evaluated: np.ndarray | None = None,
     missing: int = 0,
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """The accuracy table of a ranking of ``groups`` (scores [N, G]).
 
     ``evaluated`` (bool [N], default all): the groups the ranker scored; the others count as wrong
     for the ranker. ``missing``: queries that formed no group at all, wrong for every row.
+    ``per_query``: add ``"per_query"``, each group's query id and error (km) of every row (inf where
+    the ranker did not score it; the ``missing`` queries have no group and are not listed), e.g. to
+    measure a subset of the queries.
     """
     proto = protocol or PROTOCOLS["groups"]
     evaluated = np.ones(len(groups), dtype=bool) if evaluated is None else np.asarray(evaluated, dtype=bool)
@@ -185,8 +196,12 @@ def report(
     })
     record = dict(proto.record(), not_evaluated_reasons=skipped if proto.all_queries else {},
                   comparison="<" if strict else "<=")
-    return {"rows": rows, "gap_closed": gap_closed(rows["ranker"], rows["top-1 retrieval"], rows["oracle"]),
-            "protocol": record, "info": out_info}
+    result = {"rows": rows, "gap_closed": gap_closed(rows["ranker"], rows["top-1 retrieval"], rows["oracle"]),
+              "protocol": record, "info": out_info}
+    if per_query:
+        result["per_query"] = {"query_id": [str(q) for q in groups.query_id], "top-1 retrieval": retrieval_errors(groups),
+                               "oracle": oracle_errors(groups), "ranker": ranker}
+    return result
 
 
 def metric_names(result: dict[str, Any]) -> list[str]:

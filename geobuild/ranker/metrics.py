@@ -42,6 +42,11 @@ def retrieval_errors(groups: Groups) -> np.ndarray:
     return err
 
 
+def mean_accuracy(s: dict[str, float]) -> float:
+    """Mean of a summary's accuracies over its thresholds."""
+    return float(np.mean([v for k, v in s.items() if k.startswith("acc@")]))
+
+
 def top1_hit_rate(scores: np.ndarray, groups: Groups) -> float:
     """Share of groups whose first-ranked candidate is a closest one (ties count as hits)."""
     chosen = ranker_errors(scores, groups)
@@ -91,7 +96,7 @@ def choose_gate(scores: np.ndarray, groups: Groups, strict: bool = True) -> tupl
     chosen, chosen_sum, chosen_mean = np.inf, None, -np.inf
     for tau in taus:
         s = summary(ranker_errors(apply_gate(scores, groups, tau), groups), strict=strict)
-        mean = float(np.mean([v for k, v in s.items() if k.startswith("acc@")]))
+        mean = mean_accuracy(s)
         if mean >= chosen_mean:
             chosen, chosen_sum, chosen_mean = float(tau), s, mean
     return chosen, chosen_sum

@@ -38,7 +38,8 @@ log = get_logger("ranker.train")
 CHECKPOINT_FORMAT = "geobuild-ranker"
 CHECKPOINT_VERSION = 1
 #: settings that may differ when a run is resumed (they do not change the result)
-RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cache", "micro_batch")
+RESUME_FREE = ("stop_after", "device", "threads", "out", "progress", "embed_cache", "micro_batch",
+               "keep_retrieval", "snap_km")  # fitted after the last epoch
 
 #: ``--preset NAME``: settings applied before a --config file and the command-line options.
 #: ``georanker`` is GeoRanker's published recipe (``finetune_geo_ranker.py`` with the README's
@@ -51,7 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "georanker": dict(
         model="vlm", data_config="georanker", val_split=None, group_size=7, loss="multi-order", lam=0.7, k=1,
         epochs=1, lr=1e-4, schedule="linear", warmup_steps=0, weight_decay=0.01, grad_clip=1.0, batch_size=4,
-        micro_batch=1, distance="geodesic",
+        micro_batch=1, distance="geodesic", keep_retrieval="off",
         model_options={"prompt": "georanker", "value_head": "georanker", "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05},
     ),
 }
@@ -110,6 +111,12 @@ class TrainConfig:
     #: after training, fit on the validation split the margin by which the ranker's choice must beat
     #: retrieval's first photo to replace it (stored in the evaluated checkpoint; eval applies it)
     gate: bool = False
+    #: after training, fit on the validation split the retrieval score at or above which retrieval's
+    #: first photo is kept (auto; a number: that score; off), see geobuild.ranker.fallback
+    keep_retrieval: str = "auto"
+    #: snap-back: the prediction is the earliest retrieval-order candidate within this many km of the
+    #: ranker's choice (auto: fitted on validation; a number: that radius; 0 or off: none)
+    snap_km: str = "0"
     stop_after: int | None = None  # stop after this many epochs in this invocation (resume later)
 
     @classmethod
@@ -180,8 +187,24 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise GeobuildError(f"unknown schedule '{self.schedule}'; choose one of: {', '.join(SCHEDULES)}")
         self.group_spec()  # an unknown distance or selection is one clear error
+        fallback_setting("keep_retrieval", self.keep_retrieval)
+        fallback_setting("snap_km", self.snap_km)
         if not 0.0 <= self.lam <= 1.0:
             raise GeobuildError(f"lam must lie in [0, 1], got {self.lam}")
+
+
+def fallback_setting(name: str, value: str) -> str | float | None:
+    """``keep_retrieval`` / ``snap_km`` read: "auto", a number, or None (off; a snap radius of 0)."""
+    v = str(value).strip().lower()
+    if v in ("auto", "off", "none", ""):
+        return None if v != "auto" else "auto"
+    try:
+        x = float(v)
+    except ValueError:
+        raise GeobuildError(f"{name} must be auto, off or a number, got {value!r}") from None
+    if name == "snap_km" and (x < 0 or np.isnan(x)):
+        raise GeobuildError(f"snap_km must be auto, off or a radius of 0 km or more, got {value!r}")
+    return None if name == "snap_km" and x == 0 else x
 
 
 def _field_types() -> dict[str, Any]:
@@ -578,6 +601,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         final["metrics"] = {k: v for k, v in history[-1].items() if k != "seconds"}
     if cfg.gate and final["finished"] and val_groups is not None:
         final["gate"] = fit_gate(model, val_groups, out, cfg, device)
+    if final["finished"]:
+        fallback = fit_fallback(model, val_groups, out, cfg, device)
+        if fallback is not None:
+            final["fallback"] = {"keep_score": fallback.keep_score, "snap_km": fallback.snap_km}
     if best_path.exists():
         best = load_checkpoint(best_path)
         final["best"] = {"epoch": best["epoch"], cfg.best_by: best.get("best_value")}
@@ -589,13 +616,53 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     return final
 
 
+def _evaluated(out: Path) -> Path:
+    """The checkpoint ``geobuild eval OUT`` uses."""
+    target = out / "checkpoints" / "best.pt"
+    return target if target.exists() else out / "checkpoints" / "last.pt"
+
+
+def fit_fallback(model, val_groups: Groups | None, out: Path, cfg: TrainConfig, device: str):
+    """Fit (``auto``) or set the retrieval fallback (:mod:`geobuild.ranker.fallback`) of the checkpoint
+    that ``geobuild eval OUT`` uses, on the validation groups (after its gate, if any), and store it
+    there; None when both rules are off (or ``auto`` without a validation split)."""
+    from .fallback import Fallback, choose_fallback
+    from .metrics import apply_gate, ranker_errors, summary
+
+    keep, snap = fallback_setting("keep_retrieval", cfg.keep_retrieval), fallback_setting("snap_km", cfg.snap_km)
+    if val_groups is None and "auto" in (keep, snap):
+        log.warning("keep_retrieval/snap_km auto need a validation split; no fallback is fitted")
+        keep, snap = (None if keep == "auto" else keep), (None if snap == "auto" else snap)
+    if keep is None and snap is None:
+        return None
+    target = _evaluated(out)
+    ckpt = load_checkpoint(target)
+    fallback = Fallback(None if keep == "auto" else keep, None if snap == "auto" else snap)
+    if val_groups is not None:
+        model.load_state_dict(ckpt["model"])
+        scores = score_groups(model, val_groups, cfg.batch_size, device)
+        if ckpt.get("gate") is not None:
+            scores = apply_gate(scores, val_groups, float(ckpt["gate"]))
+        if "auto" in (keep, snap):
+            fallback = choose_fallback(
+                scores, val_groups,
+                floors=None if keep == "auto" else [np.inf if keep is None else keep],
+                radii=None if snap == "auto" else [snap])
+        else:
+            fallback.record = summary(ranker_errors(fallback.apply(scores, val_groups), val_groups))
+    ckpt["fallback"] = fallback.to_dict()
+    _save(ckpt, target)
+    log.info("retrieval fallback: retrieval's first photo kept at a retrieval score of %s or more; snap-back radius %s km",
+             fallback.keep_score, fallback.snap_km)
+    return fallback
+
+
 def fit_gate(model, val_groups: Groups, out: Path, cfg: TrainConfig, device: str) -> float:
     """Fit the retrieval gate (:func:`geobuild.ranker.metrics.choose_gate`) of the checkpoint that
     ``geobuild eval OUT`` uses, on the validation groups, and store it in that checkpoint."""
     from .metrics import choose_gate
 
-    target = out / "checkpoints" / "best.pt"
-    target = target if target.exists() else out / "checkpoints" / "last.pt"
+    target = _evaluated(out)
     ckpt = load_checkpoint(target)
     model.load_state_dict(ckpt["model"])
     tau, record = choose_gate(score_groups(model, val_groups, cfg.batch_size, device), val_groups)
@@ -605,15 +672,34 @@ def fit_gate(model, val_groups: Groups, out: Path, cfg: TrainConfig, device: str
     return tau
 
 
-def gate_checkpoint(out: str | Path, device: str = "cpu") -> float:
-    """Fit the retrieval gate of a finished training folder (as ``gate: true`` does at the end of training)."""
+def _validation_model(out: Path, device: str, **settings):
+    """(config with ``settings`` applied, model, validation groups) of a finished training folder."""
     from .models import ModelContext, build_model
 
-    out = Path(out)
     cfg = TrainConfig(**{k: v for k, v in load_checkpoint(out)["config"].items() if k in {f.name for f in fields(TrainConfig)}})
+    cfg = cfg.merged(settings)
     if not cfg.val_split:
-        raise GeobuildError(f"{out} was trained without a validation split; the gate is fitted on it")
+        raise GeobuildError(f"{out} was trained without a validation split; the gate and the fallback are fitted on it")
     val = groups_from_dataset(data_source(cfg), cfg.val_split, cfg.group_spec(), config=cfg.data_config)
     ctx = ModelContext([val], image_source_for(cfg), out, device, embed_cache=Path(cfg.embed_cache) if cfg.embed_cache else None)
     model = build_model(cfg.model, asdict(cfg), ctx).to(device)
-    return fit_gate(model, usable(model, val), out, cfg, device)
+    return cfg, model, usable(model, val)
+
+
+def gate_checkpoint(out: str | Path, device: str = "cpu") -> float:
+    """Fit the retrieval gate of a finished training folder (as ``gate: true`` does at the end of training)."""
+    cfg, model, val = _validation_model(Path(out), device)
+    return fit_gate(model, val, Path(out), cfg, device)
+
+
+def fallback_checkpoint(out: str | Path, device: str = "cpu", *, keep_retrieval: str = "auto", snap_km: str = "0"):
+    """Fit the retrieval fallback of a finished training folder with these settings (as training does
+    at its end), recording the settings in the evaluated checkpoint's configuration."""
+    out = Path(out)
+    cfg, model, val = _validation_model(out, device, keep_retrieval=keep_retrieval, snap_km=snap_km)
+    fallback = fit_fallback(model, val, out, cfg, device)
+    target = _evaluated(out)
+    ckpt = load_checkpoint(target)
+    ckpt["config"].update(keep_retrieval=cfg.keep_retrieval, snap_km=cfg.snap_km)
+    _save(ckpt, target)
+    return fallback
