@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -74,7 +75,10 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def measure(n: int, work: Path, workers: int, effnet_upto: int, per_shard: int) -> dict[str, Any]:
+def measure(n: int, work: Path, workers: int, effnet_upto: int, per_shard: int,
+            only: tuple[str, ...] = STAGES, redo: bool = False) -> dict[str, Any]:
+    """Run the stages ``only`` of the pipeline at N photos, each in its own wrapper process; ``redo``: forget
+    those stages' completion first and run them again over the finished run (new code, same inputs)."""
     inp, run = work / f"input-{n}", work / f"run-{n}"
     env = {**os.environ, "PYTHONPATH": str(REPO), "GEOBUILD_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1",
            "MP16_DIR": str(inp), "EMBED_DEVICE": "cpu", "EMBED_DECODERS": "0"}
@@ -87,10 +91,15 @@ def measure(n: int, work: Path, workers: int, effnet_upto: int, per_shard: int) 
     make_s = time.perf_counter() - t
     expected = json.loads((inp / "expected.json").read_text())
     stages: dict[str, dict[str, Any]] = {}
-    for stage in STAGES:
+    for stage in only:
         cmd = [sys.executable, "-m", "geobuild", "run", str(REPO / "pipelines" / "mp16pro.yaml"), "--out", str(run),
                "--from", stage, "--until", stage, "--workers", str(workers), "--no-report",
                "--set", f"shard.samples_per_shard={per_shard}"]
+        if redo:  # a fresh stage: no completion marker and no output (publish's record of a validation included)
+            for marker in (run / "done" / stage).glob("*"):
+                marker.unlink()
+            shutil.rmtree(run / OUTPUTS[stage], ignore_errors=True)
+            cmd.append("--overwrite")  # the stage's recorded configuration may have gained options
         proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], cwd=work, env=env, capture_output=True, text=True)
         last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
         res = json.loads(last)
@@ -102,13 +111,26 @@ def measure(n: int, work: Path, workers: int, effnet_upto: int, per_shard: int) 
             "done": summary["done"], "skipped": summary["skipped"],
             "samples_in": summary["samples_in"], "samples_out": summary["samples_out"], "rejects": summary["rejects"],
             "peak_rss_mb": round(res["maxrss_kb"] / 1024, 1), "disk_bytes": du(run / OUTPUTS[stage]),
+            "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "revision": _revision(),
         }
         print(f"N={n} {stage}: {stages[stage]}", file=sys.stderr, flush=True)
+    if only != STAGES:
+        return {"n": n, "stages": stages}
     ledger_ok = _check_ledgers(run, expected, stages)
     return {"n": n, "model": "efficientnet-lite0" if n <= effnet_upto else "small open_clip ViT (random)",
             "workers": workers, "samples_per_shard": per_shard, "make_input_seconds": round(make_s, 1),
             "expected": {k: expected[k] for k in ("rows", "ok", "broken", "tiny", "missing", "extra")},
             "ledger_adds_up": ledger_ok, "stages": stages}
+
+
+def _revision() -> str:
+    """The checked-out commit (with ``+`` when the work tree has changes), or '' outside git."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        return rev + ("+" if dirty else "")
+    except OSError:
+        return ""
 
 
 def _check_ledgers(run: Path, expected: dict, stages: dict[str, dict]) -> bool:
@@ -217,6 +239,7 @@ def markdown(doc: dict[str, Any]) -> str:
         million(), "",
         "## Extrapolation to MP16-Pro (4.7M photos), not measured", "",
         extrapolation(res), "",
+        *(["## Notes", "", *doc["notes"], ""] if doc.get("notes") else []),
     ])
 
 
@@ -229,6 +252,9 @@ def main() -> None:
     ap.add_argument("--effnet-upto", type=int, default=10000, help="EfficientNet-Lite0 up to this N, the small open_clip above.")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "scale.json"))
     ap.add_argument("--render", action="store_true", help="Only re-check the ledgers of the runs in --work and print the table.")
+    ap.add_argument("--redo", default="", metavar="STAGES",
+                    help="Comma-separated stages to run again over the finished runs of --sizes (e.g. after a change to "
+                         "them); their rows are replaced, the other stages' rows are kept.")
     a = ap.parse_args()
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -245,7 +271,24 @@ def main() -> None:
         out.with_suffix(".md").write_text(markdown(doc))
         print(table(results))
         return
+    redo = tuple(s for s in STAGES if s in a.redo.split(","))
+    if a.redo and not redo:
+        raise SystemExit(f"--redo: no stage of {', '.join(STAGES)} in '{a.redo}'")
     for n in (int(x) for x in a.sizes.split(",")):
+        if redo:
+            old = next((r for r in results if r["n"] == n), None)
+            if old is None:
+                raise SystemExit(f"--redo: N={n} has no row in {out}; measure it first")
+            old["stages"].update(measure(n, work, a.workers, a.effnet_upto, a.per_shard, only=redo, redo=True)["stages"])
+            old["ledger_adds_up"] = _check_ledgers(work / f"run-{n}", json.loads((work / f"input-{n}" / "expected.json").read_text()), old["stages"])
+            doc = json.loads(out.read_text())
+            doc["results"] = results
+            cmd = "python -m benchmarks.bench_scale " + " ".join(sys.argv[1:])
+            doc["commands"] = [c for c in doc.get("commands", []) if c != cmd] + [cmd]
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+            out.with_suffix(".md").write_text(markdown(doc))
+            print(table(results), flush=True)
+            continue
         res = measure(n, work, a.workers, a.effnet_upto, a.per_shard)
         results = [r for r in results if r["n"] != n] + [res]
         results.sort(key=lambda r: r["n"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ORDER = ["shard", "embed", "index_distances", "mine", "gallery_1m", "publish", "pipeline", "scale", "report",
-         "ranker_protocol", "ranker_confirm", "ranker_15ep", "ranker_consensus", "vlm_ranker"]
+         "ranker_protocol", "ranker_confirm", "ranker_splits", "ranker_15ep", "ranker_consensus", "vlm_ranker"]
 
 HEADER = """# Benchmark results
 

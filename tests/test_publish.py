@@ -289,13 +289,19 @@ def test_row_counts_that_disagree_fail_validation_and_upload_nothing(tmp_path):
     as_if_staged()
     loaded = {s: n for s, n in rows["candidates"].items() if n > 0}
     rejected(f"dataset/candidates: datasets loads {loaded} rows, manifest says {({**loaded, 'train': n_train + 1})}")
-    # 2. a staged Parquet file lost a row: datasets refuses the split sizes the card declares
+    # 2. a staged Parquet file lost a row and the manifest was rewritten to match: the card's split sizes disagree
     victim = sorted((folder / "candidates").glob("train-*.parquet"))[0]
     t = pq.read_table(victim)
     pq.write_table(t.slice(0, t.num_rows - 1), victim)
+    write_manifest(folder, {**rows, "candidates": {**rows["candidates"], "train": n_train - 1}})
+    as_if_staged()
+    shrunk = {**loaded, "train": n_train - 1}
+    rejected(f"dataset/candidates: datasets loads {shrunk} rows, the card's dataset_info declares {loaded}")
+    # 3. the same file cut short: datasets cannot read the config
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     write_manifest(folder, rows)
     as_if_staged()
-    rejected("config 'candidates' does not load", "NonMatchingSplitsSizesError")
+    rejected("config 'candidates' does not load")
 
 
 def test_no_token_or_offline_fails_before_any_work(tmp_path):

@@ -48,3 +48,33 @@ def test_a_csv_without_rows_gives_an_empty_plan(tmp_path):
     cols = resolve_columns(read_header(meta), "im2gps3k", None, None, None, None, None)
     (plan,) = list(plan_batches(meta, cols))
     assert plan.num_rows == 0 and plan.schema == plan_from_table(read_csv_table(meta, cols), cols).schema
+
+
+def test_batches_cut_only_between_records(tmp_path):
+    """Quoted cells holding newlines, commas and doubled quotes, CRLF line ends and no final newline:
+    every block size gives the rows of the whole file, each batch parsed on its own."""
+    from geobuild.sources.metadata import csv_batches
+
+    rows = ['"IMG_ID",AUTHOR,LAT,LON,city']
+    for i in range(40):
+        city = f'"line one\nline ""{i}"", two\r\nthree"' if i % 3 == 0 else ('""' if i % 5 == 0 else f"c{i}")
+        rows.append(f"{i:02x}/aa/{i}.jpg,a{i % 4},{i - 20}.25,{i},{city}")
+    meta = tmp_path / "q.csv"
+    meta.write_bytes("\r\n".join(rows).encode())  # no newline after the last record
+    cols = resolve_columns(read_header(meta), "im2gps3k", None, None, None, None, ["city"])
+    whole = read_csv_table(meta, cols)
+    assert whole.num_rows == 40 and whole.column("city")[0].as_py() == 'line one\nline "0", two\r\nthree'
+    for block in (1, 7, 31, 64, 257, 10_000):
+        parts = list(csv_batches(meta, cols, block))
+        assert pa.concat_tables(parts).equals(whole), block
+        assert block >= 10_000 or len(parts) > 1
+
+
+def test_a_header_only_csv_gives_one_empty_batch(tmp_path):
+    from geobuild.sources.metadata import csv_batches
+
+    meta = tmp_path / "h.csv"
+    meta.write_text("IMG_ID,AUTHOR,LAT,LON,city\n")
+    cols = resolve_columns(read_header(meta), "im2gps3k", None, None, None, None, ["city"])
+    (only,) = list(csv_batches(meta, cols))
+    assert only.num_rows == 0 and set(only.column_names) == {"IMG_ID", "AUTHOR", "LAT", "LON", "city"}

@@ -30,6 +30,7 @@ def publish(
     private: bool = typer.Option(False, "--private", help="Create the Hub repositories as private."),
     validation_fraction: float = typer.Option(0.05, "--validation-fraction", help="Share of authors (by a stable sha1 hash) in the validation split."),
     rows_per_file: int = typer.Option(100_000, "--rows-per-file", help="Most query rows per Parquet file."),
+    max_file_mb: int = typer.Option(128, "--max-file-mb", help="A Parquet file closes once it reaches this many MiB (checked per row group of 10,000 rows)."),
     images_per_tar: int = typer.Option(2_000, "--images-per-tar", help="Most photos per WebDataset tar of the images repository."),
     images: bool = typer.Option(True, "--images/--no-images", help="Stage (and upload) the images repository."),
     gallery_run: Optional[Path] = typer.Option(None, "--gallery-run", help="Run folder whose shards hold the gallery photos, when not RUN."),
@@ -62,7 +63,7 @@ def publish(
 
         hub_token()  # offline or no token: fail now, before the publish stage's work
     cfg = PublishConfig(
-        to=str(to or folder.path("publish")), validation_fraction=validation_fraction, rows_per_file=rows_per_file,
+        to=str(to or folder.path("publish")), validation_fraction=validation_fraction, rows_per_file=rows_per_file, max_file_mb=max_file_mb,
         images_per_tar=images_per_tar, images=images, gallery_run=str(gallery_run) if gallery_run else None,
         georanker_candidates=georanker_candidates, pretty_name=pretty_name, license=license,
     )

@@ -12,6 +12,7 @@ time (row group ``k`` = rows of unit ``k``), so workers never load the whole met
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,21 +250,74 @@ def read_csv_table(path: Path, cols: Columns) -> pa.Table:
         raise GeobuildError(f"cannot read metadata CSV {path}: {str(exc).splitlines()[0]}") from None
 
 
+def _record_end(buf: bytes, last: bool) -> int:
+    """Offset just after the last (``last``) or first newline of ``buf`` that ends a CSV record (an
+    even number of quote characters before it; doubled quotes keep the parity), or -1."""
+    if last:
+        i = buf.rfind(b"\n")
+        if i < 0:
+            return -1
+        quotes = buf.count(b'"', 0, i)
+        while i >= 0:
+            if quotes % 2 == 0:
+                return i + 1
+            j = buf.rfind(b"\n", 0, i)
+            quotes -= buf.count(b'"', j + 1 if j >= 0 else 0, i)
+            i = j
+        return -1
+    i, quotes = buf.find(b"\n"), 0
+    start = 0
+    while i >= 0:
+        quotes += buf.count(b'"', start, i)
+        if quotes % 2 == 0:
+            return i + 1
+        start, i = i, buf.find(b"\n", i + 1)
+    return -1
+
+
+def _record_blocks(f, block_size: int):
+    """The bytes of a CSV file in pieces of about ``block_size`` that each end at a record boundary."""
+    carry = b""
+    while True:
+        block = f.read(block_size)
+        if not block:
+            if carry:
+                yield carry
+            return
+        buf = carry + block
+        cut = _record_end(buf, last=True)
+        if cut < 0:
+            carry = buf
+            continue
+        yield buf[:cut]
+        carry = buf[cut:]
+
+
 def csv_batches(path: Path, cols: Columns, block_size: int = 1 << 22):
     """The needed columns of the CSV as Arrow string tables of about ``block_size`` bytes of CSV each
     (one empty table for a CSV without rows)."""
     from pyarrow import csv as pacsv
 
-    usecols, options = _csv_options(cols, block_size, use_threads=False)
+    usecols, options = _csv_options(cols, max(block_size, 1 << 22), use_threads=False)
     try:
-        # a Python file object: given a path, Arrow reads ahead of the parser without bound (the
-        # whole file); this way only the block being parsed is held
+        # the file is cut at record boundaries here and each piece parsed on its own: Arrow's own
+        # streaming reader reads ahead of the parser without bound (the whole file, from a path or
+        # a Python file object alike), so only the piece being parsed is held
         with open(path, "rb") as f:
+            header: bytes | None = None
             empty = True
-            for batch in pacsv.open_csv(f, **options):
-                if batch.num_rows:
+            for piece in _record_blocks(f, block_size):
+                if header is None:
+                    cut = _record_end(piece, last=False)
+                    header, piece = (piece, b"") if cut < 0 else (piece[:cut], piece[cut:])
+                if not piece:
+                    continue
+                table = pacsv.read_csv(io.BytesIO(header + piece), **options)
+                if table.num_rows:
                     empty = False
-                    yield pa.Table.from_batches([batch])
+                    yield table.combine_chunks()
+            if header is not None and empty:
+                pacsv.read_csv(io.BytesIO(header), **options)  # a header without the needed columns fails here
         if empty:
             yield pa.table({c: pa.array([], pa.string()) for c in usecols})
     except (OSError, ValueError, pa.ArrowInvalid) as exc:

@@ -145,6 +145,7 @@ def iter_members(fileobj: BinaryIO) -> Iterator[tuple[str, bytes | None, str | N
                 raise GeobuildError(f"tar stream is corrupt after {tar.offset} bytes: {exc}") from None
             if member is None:
                 return
+            tar.members = []  # a streamed TarFile keeps every header it read: ~1 KB per member, unbounded
             if not member.isfile():
                 continue
             try:

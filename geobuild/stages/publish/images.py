@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 
 from ...core.ledger import reject
@@ -80,6 +81,41 @@ class SplitTarWriter:
         self._close_current()
 
 
+class KeySet:
+    """Sample keys as one sorted array of UTF-8 byte strings: exact membership by binary search at
+    a few bytes per key (a Python set of millions of keys would cost ~100 bytes each)."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+        self._pending = 0
+        self.keys = np.zeros(0, dtype="S1")
+
+    def add(self, keys: Iterable[str]) -> None:
+        """Add keys (empty ones are ignored); call :meth:`freeze` before lookups. Added keys are merged
+        into the sorted array whenever they outnumber it, so memory follows the distinct keys."""
+        part = np.array([k.encode("utf-8") for k in keys if k], dtype=bytes)
+        if part.size:
+            self._parts.append(part)
+            self._pending += part.size
+            if self._pending > max(len(self.keys), 1 << 16):
+                self.freeze()
+
+    def freeze(self) -> "KeySet":
+        if self._parts:
+            self.keys = np.unique(np.concatenate([self.keys, *self._parts]))
+        self._parts, self._pending = [], 0
+        return self
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def index(self, key: str) -> int:
+        """Position of ``key`` in the sorted keys, or -1."""
+        b = key.encode("utf-8")
+        i = int(np.searchsorted(self.keys, b))
+        return i if i < len(self.keys) and self.keys[i] == b else -1
+
+
 def shard_files(runs: Iterable[RunFolder]) -> list[Path]:
     """The finished shard tars of every source run, deduplicated, in run then shard order."""
     seen, out = set(), []
@@ -94,19 +130,19 @@ def shard_files(runs: Iterable[RunFolder]) -> list[Path]:
 
 
 def write_images(
-    needed: dict[str, str | None],
+    needed: KeySet,
     sources: list[RunFolder],
     out_root: Path,
     validation_fraction: float,
     per_tar: int,
-) -> tuple[dict[str, int], list[dict[str, Any]]]:
-    """Copy the photos whose keys are in ``needed`` (key -> id) into split tars.
+) -> tuple[dict[str, int], list[dict[str, Any]], list[str]]:
+    """Copy the photos whose keys are in ``needed`` into split tars, each once.
 
-    Returns the count per split and ledger rows for photos that could not be found or have no
-    image bytes.
+    Returns the count per split, ledger rows for photos without image bytes, and the needed keys
+    found in no source shard (sorted).
     """
     writers = {s: SplitTarWriter(out_root, s, per_tar) for s in SPLITS}
-    written: set[str] = set()
+    written = np.zeros(len(needed), dtype=bool)
     rejects: list[dict[str, Any]] = []
     files = shard_files(sources)
     bar = progress(total=len(needed), desc="images", unit="img")
@@ -114,11 +150,12 @@ def write_images(
         for path in files:
             for sample in iter_shard(path):
                 key = sample["__key__"]
-                if key not in needed or key in written:
+                i = needed.index(key)
+                if i < 0 or written[i]:
                     continue
                 meta = sample.get("json") or {}
                 jpg = sample.get("jpg")
-                written.add(key)
+                written[i] = True
                 bar.update(1)
                 if not jpg:
                     rejects.append(reject(key, meta.get("id"), "no_image", f"sample {key} in {path.name} has no .jpg"))
@@ -130,6 +167,5 @@ def write_images(
         for w in writers.values():
             w.close()
         bar.close()
-    for key in sorted(set(needed) - written):
-        rejects.append(reject(key, needed[key], "image_missing", "photo referenced by the dataset not found in any source shard"))
-    return {s: w.count for s, w in writers.items()}, rejects
+    missing = [k.decode("utf-8") for k in needed.keys[~written]]
+    return {s: w.count for s, w in writers.items()}, rejects, missing

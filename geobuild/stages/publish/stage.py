@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ...core.errors import GeobuildError
-from ...core.ledger import read_ledgers
+from ...core.ledger import read_ledgers, reject
 from ...core.log import get_logger
 from .layout import DATASET_REPO, IMAGES_REPO
 from .splits import SPLITS, split_of
@@ -33,7 +33,7 @@ from ...artifacts.georanking import CANDIDATES, MIN_TAR_BYTES, GeorankerOptions,
 from ...artifacts.shards import small_photo_keys
 from . import card, plots
 from .hub import Uploader, UploadSettings, hub_token
-from .images import IMAGE_JSON_FIELDS, shard_files, write_images
+from .images import IMAGE_JSON_FIELDS, KeySet, shard_files, write_images
 from .manifest import write_manifest
 from .tables import candidates_schema, joined_unit
 from .validate import require_valid
@@ -67,6 +67,7 @@ class PublishConfig:
     to: str
     validation_fraction: float = 0.05
     rows_per_file: int = 100_000
+    max_file_mb: int = 128  # a Parquet file closes at the first row group that takes it to this size
     images_per_tar: int = 2_000
     images: bool = True
     gallery_run: str | None = None
@@ -79,8 +80,8 @@ class PublishConfig:
             raise GeobuildError(f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
         if self.georanker_candidates < 1:
             raise GeobuildError("--georanker-candidates must be >= 1")
-        if self.rows_per_file < 1 or self.images_per_tar < 1:
-            raise GeobuildError("--rows-per-file and --images-per-tar must be positive")
+        if self.rows_per_file < 1 or self.images_per_tar < 1 or self.max_file_mb < 1:
+            raise GeobuildError("--rows-per-file, --max-file-mb and --images-per-tar must be positive")
         self.to = str(Path(self.to).expanduser().resolve())
         if self.gallery_run:
             self.gallery_run = str(Path(self.gallery_run).expanduser().resolve())
@@ -99,16 +100,27 @@ def georanker_converter(run: RunFolder, candidates: int, small_keys: set[str]) -
     return convert
 
 
-class ParquetSplitWriter:
-    """``<dir>/<split>-0000i-of-0000N.parquet`` files of at most ``rows_per_file`` rows each."""
+#: rows per Parquet row group (and per size check of the file being written)
+ROW_GROUP_ROWS = 10_000
 
-    def __init__(self, folder: Path, split: str, rows_per_file: int) -> None:
+
+class ParquetSplitWriter:
+    """``<dir>/<split>-0000i-of-0000N.parquet`` files of at most ``rows_per_file`` rows each; a file
+    also closes once it holds ``max_file_bytes`` or more (checked after every row group written).
+
+    The byte cap keeps what a reader holds per file bounded: ``datasets`` buffers a whole Parquet
+    file while it streams it, and wide rows (the ``matrix_km`` lists) make 100,000 rows ~450 MB.
+    """
+
+    def __init__(self, folder: Path, split: str, rows_per_file: int, max_file_bytes: int | None = None) -> None:
         self.folder, self.split, self.rows_per_file = Path(folder), split, rows_per_file
+        self.max_file_bytes = max_file_bytes
         self.parts: list[Path] = []
         self.rows = 0
         self.nbytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._in_file = 0
+        self._full = False
         self.schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
@@ -117,25 +129,28 @@ class ParquetSplitWriter:
         table = table.cast(self.schema)
         start = 0
         while start < len(table):
-            if self._writer is None or self._in_file >= self.rows_per_file:
+            if self._writer is None or self._full or self._in_file >= self.rows_per_file:
                 self._close_file()
                 self.folder.mkdir(parents=True, exist_ok=True)
                 part = self.folder / f"{self.split}-{len(self.parts):05d}.part"
                 self.parts.append(part)
                 self._writer = pq.ParquetWriter(part, self.schema, compression="zstd")
-            n = min(len(table) - start, self.rows_per_file - self._in_file)
+            n = min(len(table) - start, self.rows_per_file - self._in_file, ROW_GROUP_ROWS)
             piece = table.slice(start, n)
-            self._writer.write_table(piece, row_group_size=10_000)
+            self._writer.write_table(piece, row_group_size=ROW_GROUP_ROWS)
             self.nbytes += piece.nbytes
             self._in_file += n
             self.rows += n
             start += n
+            if self.max_file_bytes is not None:
+                self._full = self.parts[-1].stat().st_size >= self.max_file_bytes
 
     def _close_file(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
             self._in_file = 0
+            self._full = False
 
     def close(self) -> dict[str, int]:
         """Name the files ``-of-N`` now that N is known; return rows and Arrow bytes."""
@@ -217,7 +232,7 @@ class PublishStage(Stage):
         hist, points = plots.DistanceHistogram(), plots.PointSample()
         with atomic_path(final) as tmp:
             tmp.mkdir(parents=True)
-            writers = {name: {s: ParquetSplitWriter(tmp / name, s, cfg.rows_per_file) for s in SPLITS}
+            writers = {name: {s: ParquetSplitWriter(tmp / name, s, cfg.rows_per_file, cfg.max_file_mb * 2**20) for s in SPLITS}
                        for name in ("candidates", "georanker")}
             georanker_schema = None
             for unit in units:
@@ -288,24 +303,21 @@ class PublishStage(Stage):
     def build_images(self, run: RunFolder) -> UnitResult:
 
         cfg = self.cfg
-        needed: dict[str, str | None] = {}
         units = candidate_units(run)
         if not units:
             raise GeobuildError(f"no candidates in {run.path('candidates')}; run `geobuild mine` and `geobuild distances` first")
+        needed = KeySet()  # every query and image candidate (and gallery negative): every photo a row refers to
         for unit in units:
             table, _ = joined_unit(run, unit)
-            for k, i in zip(table.column("key").to_pylist(), table.column("id").to_pylist()):
-                needed.setdefault(k, i)
-            keys = pc.list_flatten(table.column("cand_key")).to_pylist()
-            cids = pc.list_flatten(table.column("cand_id")).to_pylist()
-            for k, i in zip(keys, cids):
-                if k:  # image candidates (and gallery negatives): every candidate backed by a photo
-                    needed.setdefault(k, i)
+            needed.add(table.column("key").to_pylist())
+            needed.add(pc.list_flatten(table.column("cand_key")).to_pylist())
+        needed.freeze()
         final = Path(cfg.to) / IMAGES_REPO
         _fresh(final)
         with atomic_path(final) as tmp:
             tmp.mkdir(parents=True)
-            counts, rejects = write_images(needed, self.source_runs(run), tmp, cfg.validation_fraction, cfg.images_per_tar)
+            counts, rejects, missing = write_images(needed, self.source_runs(run), tmp, cfg.validation_fraction, cfg.images_per_tar)
+            rejects += missing_photo_rows(run, units, missing)
             from datasets import Features, Image, Value  # noqa: F401 - declared features of the tars
 
             features = Features({
@@ -317,6 +329,24 @@ class PublishStage(Stage):
             (tmp / "README.md").write_text(text, encoding="utf-8")
             write_manifest(tmp, {"default": counts})
         return UnitResult(stats={"photos": counts, "needed": len(needed), "rejected": len(rejects)}, ledger=rejects or None)
+
+
+def missing_photo_rows(run: RunFolder, units: list[str], missing: list[str]) -> list[dict[str, Any]]:
+    """Ledger rows for photos the rows refer to but no source shard holds (key order; the id of the
+    first row or candidate that names the key, as the rows list them)."""
+    if not missing:
+        return []
+    ids: dict[str, str | None] = dict.fromkeys(missing)
+    found: set[str] = set()
+    for unit in units:
+        table, _ = joined_unit(run, unit)
+        pairs = zip(table.column("key").to_pylist() + pc.list_flatten(table.column("cand_key")).to_pylist(),
+                    table.column("id").to_pylist() + pc.list_flatten(table.column("cand_id")).to_pylist())
+        for k, i in pairs:
+            if k in ids and k not in found:
+                ids[k] = i
+                found.add(k)
+    return [reject(k, ids[k], "image_missing", "photo referenced by the dataset not found in any source shard") for k in missing]
 
 
 def card_config(run: RunFolder) -> dict[str, Any]:

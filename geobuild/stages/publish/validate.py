@@ -1,9 +1,9 @@
 """Validate a staged folder before anything is uploaded.
 
 Checks, per repository: every file against ``manifest.json`` (sha256 and size, nothing missing or
-extra), the card's YAML front matter, and that the real ``datasets`` library loads every config
-(Parquet repository) and the WebDataset tars (images repository) with the row counts the manifest
-records. Checksums are verified on every call; the loading is skipped when the manifests are those
+extra), the card's YAML front matter, and that the real ``datasets`` library streams every config
+(Parquet repository) and the WebDataset tars (images repository) to the end with the row counts the
+manifest records. Checksums are verified on every call; the loading is skipped when the manifests are those
 of the last successful load (``validated.json`` beside the repositories). Loading runs in a child process with ``HF_HUB_OFFLINE=1`` and a temporary cache, so it
 cannot touch the network or the user's cache.
 
@@ -34,8 +34,19 @@ def _card(folder: Path) -> dict[str, Any]:
     return parse_front_matter((folder / "README.md").read_text(encoding="utf-8"))
 
 
+def _count(split: Any, arrow: bool, batch_size: int = 1000) -> int:
+    """Rows of a streamed split, read to the end in batches with its features applied: as Arrow
+    tables (Parquet), or as columns with the photos left undecoded (WebDataset)."""
+    batches = split.with_format("arrow") if arrow else split.decode(False)
+    return sum(len(b) if arrow else len(next(iter(b.values()))) for b in batches.iter(batch_size=batch_size))
+
+
 def load_counts(staged: Path, cache_dir: Path) -> dict[str, Any]:
-    """Load every config with ``datasets`` and count rows per split (runs in the child)."""
+    """Stream every config with ``datasets`` to its end and count rows per split (runs in the child).
+
+    Streaming reads each file once and keeps no Arrow copy: memory is bounded by one Parquet file
+    (``--max-file-mb``) or one tar, not by the dataset, and no second copy of the photos goes to disk.
+    """
     import datasets
 
     datasets.disable_progress_bars()
@@ -45,8 +56,8 @@ def load_counts(staged: Path, cache_dir: Path) -> dict[str, Any]:
         for cfg in _card(ds_dir).get("configs", []):
             name = cfg["config_name"]
             try:
-                dd = datasets.load_dataset(str(ds_dir), name, cache_dir=str(cache_dir))
-                out["rows"][f"{DATASET_REPO}/{name}"] = {s: dd[s].num_rows for s in dd}
+                dd = datasets.load_dataset(str(ds_dir), name, cache_dir=str(cache_dir), streaming=True)
+                out["rows"][f"{DATASET_REPO}/{name}"] = {s: _count(dd[s], arrow=True) for s in dd}
             except Exception as exc:  # noqa: BLE001 - reported, not raised
                 out["errors"].append(f"{DATASET_REPO}: config '{name}' does not load: {type(exc).__name__}: {_first_line(exc)}")
     im_dir = staged / IMAGES_REPO
@@ -56,8 +67,8 @@ def load_counts(staged: Path, cache_dir: Path) -> dict[str, Any]:
         files = {s: sorted(str(p) for p in (im_dir / s).glob("*.tar")) for s in ("train", "validation")}
         files = {s: v for s, v in files.items() if v}
         try:
-            dd = datasets.load_dataset("webdataset", data_files=files, features=features, cache_dir=str(cache_dir))
-            out["rows"][f"{IMAGES_REPO}/default"] = {s: dd[s].num_rows for s in dd}
+            dd = datasets.load_dataset("webdataset", data_files=files, features=features, cache_dir=str(cache_dir), streaming=True)
+            out["rows"][f"{IMAGES_REPO}/default"] = {s: _count(dd[s], arrow=False) for s in dd}
         except Exception as exc:  # noqa: BLE001
             out["errors"].append(f"{IMAGES_REPO}: tars do not load as WebDataset: {type(exc).__name__}: {_first_line(exc)}")
     return out
@@ -78,6 +89,7 @@ def validate_staged(staged: Path, repos: list[str] | None = None) -> list[str]:
     repos = repos or [r for r in (DATASET_REPO, IMAGES_REPO) if (staged / r).is_dir()]
     problems: list[str] = []
     expected_rows: dict[str, Any] = {}
+    declared: dict[str, Any] = {}  # split sizes the cards' dataset_info states
     if DATASET_REPO not in repos:
         problems.append(f"{staged / DATASET_REPO}: not staged")
     for repo in repos:
@@ -95,6 +107,10 @@ def validate_staged(staged: Path, repos: list[str] | None = None) -> list[str]:
             problems.append(f"{repo}/README.md: {exc}")
         for cfg, splits in manifest.get("rows", {}).items():
             expected_rows[f"{repo}/{cfg}"] = {s: n for s, n in splits.items() if n > 0}
+        if not problems:
+            for info in card.get("dataset_info") or []:
+                declared[f"{repo}/{info.get('config_name', 'default')}"] = {
+                    sp["name"]: int(sp["num_examples"]) for sp in info.get("splits") or [] if "num_examples" in sp}
     if problems:
         return problems
     digest = {repo: sha256_file(staged / repo / MANIFEST) for repo in repos}
@@ -119,6 +135,8 @@ def validate_staged(staged: Path, repos: list[str] | None = None) -> list[str]:
                 problems.append(f"{name}: not loaded")
         elif got != splits:
             problems.append(f"{name}: datasets loads {got} rows, manifest says {splits}")
+        elif declared.get(name, got) != got:
+            problems.append(f"{name}: datasets loads {got} rows, the card's dataset_info declares {declared[name]}")
     if not problems:
         with atomic_path(staged / VALIDATED) as tmp:
             tmp.write_text(json.dumps(digest, indent=2, sort_keys=True) + "\n")
