@@ -120,7 +120,6 @@ class ParquetSplitWriter:
         self.nbytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._in_file = 0
-        self._full = False
         self.schema: pa.Schema | None = None
 
     def write(self, table: pa.Table) -> None:
@@ -129,7 +128,7 @@ class ParquetSplitWriter:
         table = table.cast(self.schema)
         start = 0
         while start < len(table):
-            if self._writer is None or self._full or self._in_file >= self.rows_per_file:
+            if not self._room():
                 self._close_file()
                 self.folder.mkdir(parents=True, exist_ok=True)
                 part = self.folder / f"{self.split}-{len(self.parts):05d}.part"
@@ -142,15 +141,18 @@ class ParquetSplitWriter:
             self._in_file += n
             self.rows += n
             start += n
-            if self.max_file_bytes is not None:
-                self._full = self.parts[-1].stat().st_size >= self.max_file_bytes
+
+    def _room(self) -> bool:
+        """Whether the open file takes more rows (under both caps)."""
+        if self._writer is None or self._in_file >= self.rows_per_file:
+            return False
+        return self.max_file_bytes is None or self.parts[-1].stat().st_size < self.max_file_bytes
 
     def _close_file(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
             self._in_file = 0
-            self._full = False
 
     def close(self) -> dict[str, int]:
         """Name the files ``-of-N`` now that N is known; return rows and Arrow bytes."""
