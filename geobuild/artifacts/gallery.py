@@ -12,6 +12,7 @@ with torch on CUDA when available, else on the CPU with faiss.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,16 @@ def index_path(run: RunFolder | str | os.PathLike, name: str) -> Path:
     return _run(run).path(INDEX_DIR, name)
 
 
+def _gpu_driver() -> bool:
+    """Whether an NVIDIA or ROCm driver is present (checked without importing torch)."""
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd"))
+
+
 def _torch_cuda() -> bool:
+    """torch sees a CUDA (or ROCm) device. Without a driver torch is not imported: on a CPU-only
+    machine that import alone costs hundreds of MB of memory in every searching process."""
+    if "torch" not in sys.modules and not _gpu_driver():
+        return False
     try:
         import torch
     except ImportError:  # pragma: no cover
@@ -59,10 +69,25 @@ class Gallery:
     """A searchable image gallery: a faiss index, its id map and its info."""
 
     index: Any
-    meta: pd.DataFrame
+    ids_path: Path
     info: dict[str, Any]
     backend: str = "faiss-cpu"
     _torch: Any = field(default=None, repr=False)
+    _meta: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def meta(self) -> pd.DataFrame:
+        """The id map (one row per vector), read from ``ids.parquet`` on first use."""
+        if self._meta is None:
+            self._meta = self.read_ids().to_pandas()
+        return self._meta
+
+    def read_ids(self, columns: list[str] | None = None):
+        """The id map as an Arrow table (only ``columns``, if given): for callers that keep a few
+        columns of a large gallery without a pandas copy of all of them."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.ids_path, columns=columns)
 
     @property
     def dim(self) -> int:
@@ -123,15 +148,20 @@ def load_gallery(
     faiss = fi.faiss_module()
     info = read_json(paths[INFO_FILE], f"rebuild it: geobuild index --run {run.root} --overwrite")
     check_json(info, "index_info", str(paths[INFO_FILE]))  # files without schema_version are accepted
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ids = pq.read_table(paths[IDS_FILE])
-    check(ids, "gallery_ids", str(paths[IDS_FILE]))
-    meta = ids.to_pandas()
+    try:
+        ids_file = pq.ParquetFile(paths[IDS_FILE])
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise GeobuildError(f"cannot read {paths[IDS_FILE]} ({str(exc).splitlines()[0]}); "
+                            f"rebuild with: geobuild index --run {run.root} --overwrite") from None
+    check(ids_file.schema_arrow, "gallery_ids", str(paths[IDS_FILE]))
+    n_ids = ids_file.metadata.num_rows
     index = faiss.read_index(str(paths[GALLERY_FILE]))
-    if index.ntotal != len(meta):
+    if index.ntotal != n_ids:
         raise GeobuildError(
-            f"{paths[GALLERY_FILE]} has {index.ntotal} vectors but {paths[IDS_FILE]} has {len(meta)} rows; "
+            f"{paths[GALLERY_FILE]} has {index.ntotal} vectors but {paths[IDS_FILE]} has {n_ids} rows; "
             f"rebuild with: geobuild index --run {run.root} --overwrite"
         )
     params = dict(info.get("params", {}))
@@ -140,7 +170,7 @@ def load_gallery(
     if ef_search:
         params["ef_search"] = ef_search
     fi.set_search_params(index, params)
-    gallery = Gallery(index=index, meta=meta, info=info)
+    gallery = Gallery(index=index, ids_path=paths[IDS_FILE], info=info)
     _place(gallery, device, params)
     return gallery
 
@@ -155,7 +185,7 @@ def _place(gallery: Gallery, device: str, params: dict[str, Any]) -> None:
         gallery.index = fi.to_gpu(gallery.index)
         fi.set_search_params(gallery.index, params)
         gallery.backend = "faiss-gpu"
-    elif _torch_cuda() and gallery.kind == "flat":
+    elif gallery.kind == "flat" and _torch_cuda():
         from ..retrieval.knn import TorchGallery
 
         vectors = gallery.index.reconstruct_n(0, gallery.index.ntotal)

@@ -293,7 +293,7 @@ def _record_blocks(f, block_size: int):
         carry = buf[cut:]
 
 
-def csv_batches(path: Path, cols: Columns, block_size: int = 1 << 22):
+def csv_batches(path: Path, cols: Columns, block_size: int = 1 << 20):
     """The needed columns of the CSV as Arrow string tables of about ``block_size`` bytes of CSV each
     (one empty table for a CSV without rows)."""
     from pyarrow import csv as pacsv
@@ -324,7 +324,7 @@ def csv_batches(path: Path, cols: Columns, block_size: int = 1 << 22):
         raise GeobuildError(f"cannot read metadata CSV {path}: {str(exc).splitlines()[0]}") from None
 
 
-def plan_batches(path: Path, cols: Columns, block_size: int = 1 << 22):
+def plan_batches(path: Path, cols: Columns, block_size: int = 1 << 20):
     """The plan of a metadata CSV, batch by batch, in two streamed passes: the first hashes every key
     (8 bytes per row are all that is kept), the second builds each batch's rows and checks exactly
     only the keys whose hash occurs more than once. Memory is one batch, not the file."""

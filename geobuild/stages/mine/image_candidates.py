@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .columns import ABSENT, Codes
+
 
 @dataclass
 class ImagePick:
@@ -25,6 +27,15 @@ class ImagePick:
 
 def _as_obj(values) -> np.ndarray:
     return np.asarray(["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values], dtype=object)
+
+
+def _codes(column) -> Codes:
+    """``column`` as :class:`Codes` (a sequence of strings or None is encoded here)."""
+    if isinstance(column, Codes):
+        return column
+    import pyarrow as pa
+
+    return Codes.of(pa.array([None if v is None else str(v) for v in column], pa.string()))
 
 
 def exclusion_mask(
@@ -39,7 +50,12 @@ def exclusion_mask(
     same_run: bool,
     dedup_threshold: float | None,
 ) -> dict[str, np.ndarray]:
-    """Boolean [n, k] masks of fetched neighbours to drop, by reason (first reason wins)."""
+    """Boolean [n, k] masks of fetched neighbours to drop, by reason (first reason wins).
+
+    ``g_*`` are the gallery's int32 codes per row and ``q_*`` the queries' codes of the same
+    columns (:class:`~geobuild.stages.mine.columns.Codes`); a query without an author has code
+    ``ABSENT`` (never equal to a row's code).
+    """
     invalid = rows < 0
     safe = np.where(invalid, 0, rows)
     self_hit = g_id[safe] == q_id[:, None]
@@ -48,8 +64,7 @@ def exclusion_mask(
     masks = {"invalid": invalid, "self": self_hit & ~invalid}
     seen = invalid | self_hit
     if g_author is not None and q_author is not None:
-        has = (q_author != "")[:, None]
-        same = (g_author[safe] == q_author[:, None]) & has & ~seen
+        same = (g_author[safe] == q_author[:, None]) & ~seen
         masks["same_author"] = same
         seen = seen | same
     if dedup_threshold is not None:
@@ -70,19 +85,27 @@ def search_image_candidates(
     q_author,
     k: int,
     same_run: bool,
-    g_key: np.ndarray,
-    g_id: np.ndarray,
-    g_author: np.ndarray | None = None,
+    g_key: Codes,
+    g_id: Codes,
+    g_author: Codes | None = None,
     dedup_threshold: float | None = None,
     overfetch: int = 8,
 ) -> ImagePick:
     """Top-``k`` neighbours per query after exclusions (rows -1 where the gallery ran out).
 
-    ``g_key``/``g_id``/``g_author`` are the gallery's columns (object arrays, row-aligned with the
-    index); pass ``g_author`` only to exclude photos by the query's author.
+    ``g_key``/``g_id``/``g_author`` are the gallery's columns (row-aligned with the index), as
+    :class:`~geobuild.stages.mine.columns.Codes` or sequences of strings; pass ``g_author`` only to exclude photos by
+    the query's author. Query values are compared exactly, as strings ('' for a missing one).
     """
-    q_key, q_id = _as_obj(q_key), _as_obj(q_id)
-    q_author = _as_obj(q_author) if g_author is not None else None
+    g_key, g_id = _codes(g_key), _codes(g_id)
+    g_author = None if g_author is None else _codes(g_author)
+    q_key_s, q_id_s = _as_obj(q_key), _as_obj(q_id)
+    q_key, q_id = g_key.lookup(q_key_s), g_id.lookup(q_id_s)
+    if g_author is not None:
+        q_author_s = _as_obj(q_author)
+        q_author = np.where(q_author_s != "", g_author.lookup(q_author_s), ABSENT).astype(np.int32)
+    else:
+        q_author = None
     n = x.shape[0]
     ntotal = int(gallery.ntotal)
     out_r = np.full((n, k), -1, dtype=np.int64)
@@ -101,7 +124,7 @@ def search_image_candidates(
             scores, rows = gallery.search(x[part], depth)
             searches += 1
             masks = exclusion_mask(
-                rows, scores, g_key, g_id, g_author, q_key[part], q_id[part],
+                rows, scores, g_key.codes, g_id.codes, None if g_author is None else g_author.codes, q_key[part], q_id[part],
                 None if q_author is None else q_author[part], same_run, dedup_threshold,
             )
             drop = np.zeros(rows.shape, dtype=bool)

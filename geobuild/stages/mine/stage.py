@@ -36,6 +36,7 @@ from ...core.runfolder import RunFolder, atomic_path, remove_leftovers
 from ...core.stage import Accounting, Stage, UnitResult
 from ...artifacts.candidates import SCHEMA, candidates_path
 from ...artifacts.embeddings import embedded_units, model_info_path, read_embeddings, read_model_info
+from .columns import Codes, TextCodes
 
 log = get_logger("mine")
 
@@ -99,12 +100,12 @@ class MineConfig:
 class MiningContext:
     gallery: Any
     same_run: bool
-    g_key: np.ndarray
-    g_id: np.ndarray
-    g_author: np.ndarray | None
+    g_key: Codes
+    g_id: Codes
+    g_author: Codes | None
     g_lat: np.ndarray
     g_lon: np.ndarray
-    g_text: dict[str, np.ndarray]  # GEOCODED_FIELDS -> object arrays: own text, or geocoded once g_geocoded
+    g_text: dict[str, TextCodes]  # GEOCODED_FIELDS -> own text, or geocoded once g_geocoded
     g_has_text: np.ndarray  # the gallery row has its own location text
     g_geocoded: np.ndarray  # a row without own text whose geocoded text is in g_text
     gps_lat: np.ndarray
@@ -161,6 +162,8 @@ def check_models(run: RunFolder, cfg: MineConfig) -> dict[str, Any]:
 
 def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
     """Load (once per process) the gallery, GPS gallery and negative pool that ``cfg`` needs."""
+    import pyarrow.parquet as pq
+
     from ...artifacts.gallery import load_gallery, load_gps_gallery
     from .bands import BandSampler, parse_bands
     from ...geo.spatial import PointTree
@@ -172,12 +175,16 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
     check_models(run, cfg)
     t0 = time.time()
     gallery = load_gallery(grun, device=cfg.device)
-    meta = gallery.meta
+    # the id map as compact columns (codes into distinct values), not a pandas frame of Python strings
+    have = set(pq.read_schema(gallery.ids_path).names)
+    want = ["key", "id", "lat", "lon"] + [c for c in ("author", *GEOCODED_FIELDS) if c in have]
+    ids = gallery.read_ids(want)
+    n_rows = ids.num_rows
     notes: dict[str, Any] = {}
-    g_text = {f: _text_column(meta, f) for f in GEOCODED_FIELDS}
-    g_has_text = np.zeros(len(meta), dtype=bool)
+    g_text = {f: TextCodes.of(ids.column(f) if f in have else None, n_rows) for f in GEOCODED_FIELDS}
+    g_has_text = np.zeros(n_rows, dtype=bool)
     for f in GEOCODED_FIELDS:
-        g_has_text |= g_text[f] != ""
+        g_has_text |= g_text[f].has_text()
     try:
         gps = load_gps_gallery(grun)
         gps_lat, gps_lon, gps_feat = gps.lat, gps.lon, gps.features
@@ -192,29 +199,29 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
 
         gps_feat = encode_gps(gps_lat, gps_lon)
     gps_tree = PointTree(gps_lat, gps_lon)
-    g_lat = meta["lat"].to_numpy(np.float64)
-    g_lon = meta["lon"].to_numpy(np.float64)
+    g_lat = ids.column("lat").to_numpy().astype(np.float64)
+    g_lon = ids.column("lon").to_numpy().astype(np.float64)
     rng = np.random.default_rng(cfg.seed)
     bands = parse_bands(cfg.negatives, cfg.band_edges_km)
     # without bands no negative is drawn: no pool (its k-d tree would cost seconds at 1M photos)
-    n_g = len(meta) if bands and cfg.negatives_from in ("gallery", "both") else 0
+    n_g = n_rows if bands and cfg.negatives_from in ("gallery", "both") else 0
     pool_rows = np.arange(n_g) if n_g <= cfg.negative_pool else np.sort(rng.choice(n_g, cfg.negative_pool, replace=False))
     use_gps = bool(bands) and cfg.negatives_from in ("gps", "both")
     p_lat = np.concatenate([g_lat[pool_rows], gps_lat if use_gps else []])
     p_lon = np.concatenate([g_lon[pool_rows], gps_lon if use_gps else []])
-    g_id = meta["id"].to_numpy(dtype=object)
-    p_ids = np.concatenate([g_id[pool_rows], np.full(gps_lat.size if use_gps else 0, None, dtype=object)])
+    g_id = Codes.of(ids.column("id"))
+    p_ids = np.concatenate([g_id.take(pool_rows), np.full(gps_lat.size if use_gps else 0, None, dtype=object)])
     ctx = MiningContext(
         gallery=gallery,
         same_run=grun.root == run.root,
-        g_key=meta["key"].to_numpy(dtype=object),
+        g_key=Codes.of(ids.column("key")),
         g_id=g_id,
-        g_author=meta["author"].to_numpy(dtype=object) if cfg.exclude_same_author and "author" in meta else None,
+        g_author=Codes.of(ids.column("author")) if cfg.exclude_same_author and "author" in have else None,
         g_lat=g_lat,
         g_lon=g_lon,
         g_text=g_text,
         g_has_text=g_has_text,
-        g_geocoded=np.zeros(len(meta), dtype=bool),
+        g_geocoded=np.zeros(n_rows, dtype=bool),
         gps_lat=np.asarray(gps_lat, dtype=np.float64),
         gps_lon=np.asarray(gps_lon, dtype=np.float64),
         gps_features=gps_feat,
@@ -229,7 +236,7 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
     )
     log.info(
         "mine: gallery %s (%d photos, %s), %d GPS points, negative pool %d, ready in %.1fs",
-        grun.root, len(meta), gallery.model, gps_lat.size, len(p_lat), time.time() - t0,
+        grun.root, n_rows, gallery.model, gps_lat.size, len(p_lat), time.time() - t0,
     )
     _CONTEXTS.clear()
     _CONTEXTS[key] = ctx
@@ -386,8 +393,10 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     pr = np.where(is_g, 0, rows_a)
     c_lat = np.where(is_g, ctx.g_lat[gr] if ctx.g_lat.size else 0.0, ctx.gps_lat[pr] if ctx.gps_lat.size else 0.0)
     c_lon = np.where(is_g, ctx.g_lon[gr] if ctx.g_lon.size else 0.0, ctx.gps_lon[pr] if ctx.gps_lon.size else 0.0)
-    c_key = np.where(is_g, ctx.g_key[gr] if ctx.g_key.size else None, None)
-    c_id = np.where(is_g, ctx.g_id[gr] if ctx.g_id.size else None, None)
+    c_key = np.full(is_g.size, None, dtype=object)
+    c_key[is_g] = ctx.g_key.take(gr[is_g])
+    c_id = np.full(is_g.size, None, dtype=object)
+    c_id[is_g] = ctx.g_id.take(gr[is_g])
     c_id[~is_g] = [f"gps:{r}" for r in pr[~is_g].tolist()]
 
     # location text: the gallery's own columns where it has them, else reverse geocoding (each
@@ -410,10 +419,10 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     c_text = {}
     for f in GEOCODED_FIELDS:
         found = geo[f]
-        ctx.g_text[f][new_g] = found[: ends[0]]
+        ctx.g_text[f].set(new_g, found[: ends[0]])
         ctx.gps_text[f][new_p] = found[ends[0] : ends[1]]
         col = np.empty(is_g.size, dtype=object)
-        col[is_g] = ctx.g_text[f][gr[is_g]]
+        col[is_g] = ctx.g_text[f].get(gr[is_g])
         col[~is_g] = ctx.gps_text[f][pr[~is_g]]
         c_text[f] = col
         qcol = q_text_src[f].copy()
