@@ -292,9 +292,15 @@ def main() -> None:
         res = measure(n, work, a.workers, a.effnet_upto, a.per_shard)
         results = [r for r in results if r["n"] != n] + [res]
         results.sort(key=lambda r: r["n"])
-        out.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                                   "command": "python -m benchmarks.bench_scale " + " ".join(sys.argv[1:]),
-                                   "results": results}, indent=2) + "\n")
+        # the rows of the other sizes, the commands that made them and the notes are kept
+        doc = json.loads(out.read_text()) if out.exists() else {}
+        cmd = "python -m benchmarks.bench_scale " + " ".join(sys.argv[1:])
+        commands, first = doc.pop("commands", []), doc.pop("command", None)
+        commands = ([first] if first and first not in commands else []) + commands
+        doc.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                    "commands": [c for c in commands if c != cmd] + [cmd], "results": results})
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(doc))
         print(table(results), flush=True)
 
 

@@ -23,7 +23,7 @@ from ...core.commit import execute_unit
 from ...core.stage import Stage, UnitResult
 from ...sources.metadata import member_keys
 from ...sources.mp16pro import ChainedParts, KeyIndex, find_parts, iter_members
-from .plan import DUPLICATE_IMAGE, MISSING_IMAGE, NO_METADATA, plan_text_cols, read_plan
+from .plan import DUPLICATE_IMAGE, MISSING_IMAGE, NO_METADATA, MappedPlan, plan_text_cols
 
 log = get_logger("shard")
 
@@ -59,7 +59,15 @@ class _StreamUnit:
 def stream_units(stage: Stage, run: RunFolder) -> Iterator[tuple[str, dict[str, Any]]]:
     """Shard a tar (or its parts) in one streaming pass, resuming after the finished units; yields
     ``(unit, stats)`` as each unit is committed. ``stage`` is the shard stage (its plan is ready)."""
-    plan = read_plan(stage.plan_path(run))
+    mapped = MappedPlan(stage.plan_path(run))
+    try:
+        yield from _stream(stage, run, mapped)
+    finally:
+        mapped.close()
+
+
+def _stream(stage: Stage, run: RunFolder, mapped: MappedPlan) -> Iterator[tuple[str, dict[str, Any]]]:
+    plan = mapped.table
     text_cols = plan_text_cols(plan)
     n_per = stage.cfg.samples_per_shard
 
@@ -96,7 +104,9 @@ def stream_units(stage: Stage, run: RunFolder) -> Iterator[tuple[str, dict[str, 
 
     def commit(unit: _StreamUnit) -> tuple[str, dict[str, Any]]:
         stage._open = unit
-        return unit.unit, execute_unit(stage, run, unit.unit)
+        done = unit.unit, execute_unit(stage, run, unit.unit)
+        mapped.release()  # resident plan pages stay about one unit's worth
+        return done
 
     try:
         last_pos = 0
@@ -145,7 +155,7 @@ def stream_units(stage: Stage, run: RunFolder) -> Iterator[tuple[str, dict[str, 
             cur = _StreamUnit(run, shard_name(k))
         for e in pending:
             cur.add(e)
-        _missing_rows(plan, seen, cur)
+        _missing_rows(plan, seen, cur, mapped.release)
         cur.final = True
         yield commit(cur)
         cur = None
@@ -158,13 +168,20 @@ def stream_units(stage: Stage, run: RunFolder) -> Iterator[tuple[str, dict[str, 
         chain.close()
 
 
-def _missing_rows(plan, seen: np.ndarray, unit: _StreamUnit, chunk: int = 65536) -> None:
-    """Ledger rows for every plan row no tar member provided (in row order)."""
+def _missing_rows(plan, seen: np.ndarray, unit: _StreamUnit, release=None, window: int = 16384) -> None:
+    """Ledger rows for every plan row no tar member provided (in row order), read a window of
+    plan rows at a time (``release`` drops the mapped pages read after each window)."""
     rows = np.flatnonzero(~seen)
-    for start in range(0, len(rows), chunk):
-        part = plan.take(rows[start : start + chunk]).select(["key", "id", "status", "message"]).to_pylist()
+    bounds = np.searchsorted(rows, np.arange(0, seen.size + window, window))
+    cols = plan.select(["key", "id", "status", "message"])
+    for w, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if a == b:
+            continue
+        part = cols.slice(w * window, window).take(rows[a:b] - w * window).to_pylist()
         for row in part:
             if row["status"] == OK:
                 unit.add(reject(row["key"], row["id"], MISSING_IMAGE, f"no tar member for id {row['id']!r}"), member=False)
             else:
                 unit.add(reject(row["key"], row["id"], row["status"], row["message"]), member=False)
+        if release is not None:
+            release()
