@@ -238,9 +238,20 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
         "mine: gallery %s (%d photos, %s), %d GPS points, negative pool %d, ready in %.1fs",
         grun.root, n_rows, gallery.model, gps_lat.size, len(p_lat), time.time() - t0,
     )
+    del ids
+    _release_arrow_memory()
     _CONTEXTS.clear()
     _CONTEXTS[key] = ctx
     return ctx
+
+
+def _release_arrow_memory() -> None:
+    """Return the Arrow pool's freed memory to the system: its allocator keeps freed blocks (the
+    gallery's id map read as a table, a unit's candidates table), which would otherwise stay in
+    every mining process's resident memory."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 # -- the stage ---------------------------------------------------------------------------------
@@ -442,6 +453,8 @@ def mine_unit(run: RunFolder, unit: str, cfg: MineConfig) -> UnitResult:
     remove_leftovers(candidates_path(run, unit))  # a killed attempt's temporary file
     with atomic_path(candidates_path(run, unit)) as tmp:
         pq.write_table(tbl, tmp, row_group_size=CANDIDATES_ROW_GROUP)
+    del tbl
+    _release_arrow_memory()
     by_source = {s: int(v.sum()) for s, v in n_by_source.items()}
     stats.update({
         "mined": int(m.size),
