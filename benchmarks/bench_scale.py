@@ -124,10 +124,12 @@ def measure(n: int, work: Path, workers: int, effnet_upto: int, per_shard: int,
 
 
 def _revision() -> str:
-    """The checked-out commit (with ``+`` when the work tree has changes), or '' outside git."""
+    """The checked-out commit (with ``+`` when tracked files other than the results this benchmark
+    writes have changes), or '' outside git."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+                               cwd=REPO, capture_output=True, text=True).stdout.strip()
         return rev + ("+" if dirty else "")
     except OSError:
         return ""
