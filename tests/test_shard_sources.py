@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import sys
+import zipfile
 from pathlib import Path
 
-import io
-import zipfile
-
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -181,3 +181,16 @@ def test_any_csv_with_named_columns(tmp_path):
 
     assert {f["name"] for f in load("shard_sample")["fields"]} <= set(got["c"]["json"])
     assert Image.open(io.BytesIO(got["a_b"]["jpg"])).format == "JPEG"
+
+
+def test_key_index_finds_the_first_row_of_each_key():
+    import pyarrow as pa
+
+    from geobuild.sources.mp16pro import KeyIndex
+
+    keys = pa.chunked_array([["a", "", "b"], ["a", None, "c"], ["b"]], pa.string())
+    idx = KeyIndex(keys, chunk=2)
+    assert [idx.get(k) for k in ("a", "b", "c", "d", "")] == [0, 2, 5, -1, -1]
+    assert idx._r.dtype == np.int32 and idx._p.dtype == np.int32
+    listed = KeyIndex(["x", "y", "x"], rows=np.array([10, 11, 12]))
+    assert (listed.get("x"), listed.get("y")) == (10, 11)

@@ -180,12 +180,13 @@ class KeyIndex:
                 if k:
                     hashes[start + j] = key_hash(k)
                     keep[start + j] = True
-        self._pos = np.flatnonzero(keep)
+        pos = np.flatnonzero(keep)
         hashes, rows = hashes[keep], rows[keep]
         order = np.lexsort((rows, hashes))  # by hash, then row: first row wins
+        small = np.int32 if max(n, int(rows.max(initial=0)) + 1) < 2**31 else np.int64  # 16 B per key, not 24
         self._h = hashes[order]
-        self._r = rows[order]
-        self._p = self._pos[order]
+        self._r = rows[order].astype(small)
+        self._p = pos[order].astype(small)
 
     def get(self, key: str) -> int:
         """The first row whose key equals ``key``, or -1."""
