@@ -71,6 +71,7 @@ class Gallery:
     index: Any
     ids_path: Path
     info: dict[str, Any]
+    ids_columns: tuple[str, ...] = ()  # the id map's columns (from its footer, read once at load)
     backend: str = "faiss-cpu"
     _torch: Any = field(default=None, repr=False)
     _meta: pd.DataFrame | None = field(default=None, repr=False)
@@ -170,7 +171,7 @@ def load_gallery(
     if ef_search:
         params["ef_search"] = ef_search
     fi.set_search_params(index, params)
-    gallery = Gallery(index=index, ids_path=paths[IDS_FILE], info=info)
+    gallery = Gallery(index=index, ids_path=paths[IDS_FILE], info=info, ids_columns=tuple(ids_file.schema_arrow.names))
     _place(gallery, device, params)
     return gallery
 

@@ -22,11 +22,12 @@ ABSENT = -2
 
 
 def _encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(writable int32 codes, ``NULL`` for a null; the distinct values as an Arrow string array)."""
     col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if not pa.types.is_string(col.type) and not pa.types.is_large_string(col.type):
+    if col.type != pa.string():
         col = pc.cast(col, pa.string())
     enc = pc.dictionary_encode(col)
-    codes = np.array(enc.indices.fill_null(NULL).to_numpy(zero_copy_only=False), dtype=np.int32)  # writable
+    codes = np.array(enc.indices.fill_null(NULL).to_numpy(zero_copy_only=False), dtype=np.int32)
     return codes, enc.dictionary
 
 
@@ -41,13 +42,10 @@ class Codes:
     def of(cls, column: pa.ChunkedArray | pa.Array) -> "Codes":
         return cls(*_encode(column))
 
-    def __len__(self) -> int:
-        return int(self.codes.size)
-
     def lookup(self, strings: Iterable[Any]) -> np.ndarray:
         """int32 codes of ``strings`` (str), ``ABSENT`` where no row has that value."""
         arr = pa.array(list(strings), pa.string())
-        found = pc.index_in(arr, value_set=self.values.cast(pa.string()))
+        found = pc.index_in(arr, value_set=self.values)
         return found.fill_null(ABSENT).to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -78,9 +76,7 @@ class TextCodes:
         """Own text of each row ('' where empty or null)."""
         if column is None:
             return cls(np.zeros(n, dtype=np.int32), [""], {"": 0})
-        col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-        col = pc.cast(col, pa.string()).fill_null("")
-        codes, values = _encode(col)
+        codes, values = _encode(pc.cast(column, pa.string()).fill_null(""))
         vocab = values.to_pylist()
         return cls(codes, vocab, {v: i for i, v in enumerate(vocab)})
 

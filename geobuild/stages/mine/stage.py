@@ -162,8 +162,6 @@ def check_models(run: RunFolder, cfg: MineConfig) -> dict[str, Any]:
 
 def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
     """Load (once per process) the gallery, GPS gallery and negative pool that ``cfg`` needs."""
-    import pyarrow.parquet as pq
-
     from ...artifacts.gallery import load_gallery, load_gps_gallery
     from .bands import BandSampler, parse_bands
     from ...geo.spatial import PointTree
@@ -176,7 +174,7 @@ def mining_context(run: RunFolder, cfg: MineConfig) -> MiningContext:
     t0 = time.time()
     gallery = load_gallery(grun, device=cfg.device)
     # the id map as compact columns (codes into distinct values), not a pandas frame of Python strings
-    have = set(pq.read_schema(gallery.ids_path).names)
+    have = set(gallery.ids_columns)
     want = ["key", "id", "lat", "lon"] + [c for c in ("author", *GEOCODED_FIELDS) if c in have]
     ids = gallery.read_ids(want)
     n_rows = ids.num_rows
