@@ -168,8 +168,9 @@ def main() -> None:
         step.write_text(json.dumps([rss, wall]))
     info = json.loads((g_root / "index" / "info.json").read_text())
     # timings are the index stage's unit stats (info.json describes the index, not how long it took)
-    gal_stats = json.loads(RunFolder(g_root).stats_path("index", "gallery").read_text())
-    gps_path = RunFolder(g_root).stats_path("index", "gps")  # absent with --gps-gallery none
+    g_run = RunFolder(g_root)
+    gal_stats = json.loads(g_run.stats_path("index", "gallery").read_text())
+    gps_path = g_run.stats_path("index", "gps")  # absent with --gps-gallery none
     gps_stats = json.loads(gps_path.read_text()) if gps_path.exists() else {}
     faiss_bytes = (g_root / "index" / "gallery.faiss").stat().st_size
     ids_bytes = (g_root / "index" / "ids.parquet").stat().st_size

@@ -227,7 +227,7 @@ def markdown(doc: dict[str, Any]) -> str:
         f"# Scale: pipelines/mp16pro.yaml at {sizes} photos", "",
         f"Machine: {doc['machine']}, no GPU. {doc.get('load', 'Load not recorded.')}", "",
         "Commands (inputs from `benchmarks/make_mp16_like.py`, seed 0; each stage in its own process):", "",
-        "```", *doc.get("commands", [doc.get("command", "")]), "```", "",
+        "```", *doc.get("commands", []), "```", "",
         table(res), "",
         "\"in\" of shard counts metadata rows plus tar members without a row; every later stage reads the shard",
         "stage's ok photos. \"ledger adds up\": the shard ledger equals the input's `expected.json` (min_bytes 5121)",
@@ -297,8 +297,7 @@ def main() -> None:
         # the rows of the other sizes, the commands that made them and the notes are kept
         doc = json.loads(out.read_text()) if out.exists() else {}
         cmd = "python -m benchmarks.bench_scale " + " ".join(sys.argv[1:])
-        commands, first = doc.pop("commands", []), doc.pop("command", None)
-        commands = ([first] if first and first not in commands else []) + commands
+        commands = doc.get("commands", [])
         doc.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                     "commands": [c for c in commands if c != cmd] + [cmd], "results": results})
         out.write_text(json.dumps(doc, indent=2) + "\n")
